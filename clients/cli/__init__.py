@@ -1,0 +1,5 @@
+"""Clearance CLI."""
+
+from clients.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,193 @@
+"""One settings object for every Clearance process, parsed once from env and `.env`.
+
+Every variable takes the `CLEARANCE_` prefix, e.g. `CLEARANCE_DATABASE_URL`.
+Nested values (profiles) are JSON, e.g. `CLEARANCE_PROFILES='{"image": {...}}'`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MiB = 1024 * 1024
+
+# clamd silently caps MaxFileSize at 2147483645 bytes; anything larger comes back
+# "OK" unscanned. No profile may allow more than the scanner can fully scan.
+CLAMD_HARD_LIMIT = 2_147_483_645
+
+# S3's own multipart limits.
+S3_MIN_PART = 5 * MiB
+S3_MAX_PART = 5 * 1024 * MiB
+S3_MAX_PARTS = 10_000
+
+
+class UploadPolicy(BaseModel):
+    """What one upload profile accepts, checked before any URL exists."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    content_types: frozenset[str] = Field(min_length=1)
+    min_size: int = Field(default=1, ge=1)
+    max_size: int = Field(ge=1)
+    filename_min: int = Field(default=1, ge=1)
+    filename_max: int = Field(default=200, ge=1, le=1024)
+    # Sizes strictly above this use S3 multipart; None means single PUT only.
+    multipart_threshold: int | None = Field(default=None, ge=S3_MIN_PART)
+    thumbnails: bool = False
+
+    @model_validator(mode="after")
+    def _consistent(self) -> UploadPolicy:
+        if self.min_size > self.max_size:
+            raise ValueError("min_size must not exceed max_size")
+        if self.filename_min > self.filename_max:
+            raise ValueError("filename_min must not exceed filename_max")
+        if self.multipart_threshold is None and self.max_size > S3_MAX_PART:
+            raise ValueError("single-PUT profiles are limited to 5 GiB; set multipart_threshold")
+        return self
+
+
+def default_profiles() -> dict[str, UploadPolicy]:
+    return {
+        "image": UploadPolicy(
+            content_types=frozenset({"image/jpeg", "image/png", "image/gif"}),
+            max_size=10_000_000,
+            thumbnails=True,
+        ),
+        "media": UploadPolicy(
+            content_types=frozenset(
+                {
+                    "video/mp4",
+                    "video/quicktime",
+                    "video/webm",
+                    "application/pdf",
+                    "application/zip",
+                    "image/jpeg",
+                    "image/png",
+                    "image/gif",
+                }
+            ),
+            max_size=2000 * MiB,
+            multipart_threshold=100 * MiB,
+        ),
+    }
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class Settings(BaseSettings):
+    """Settings shared by the gateway, relay, workers, CLI and tests."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CLEARANCE_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        frozen=True,
+    )
+
+    environment: Literal["development", "production", "test"] = "development"
+    log_level: str = "INFO"
+    # Where the local stack keeps data, logs and PID files (ignored by git).
+    state_dir: Path = Path(".clearance")
+
+    # Gateway
+    gateway_host: str = "127.0.0.1"
+    gateway_port: Port = 8080
+    public_url: str = "http://127.0.0.1:8080"
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    cors_origins: tuple[str, ...] = ("http://127.0.0.1:8080", "http://localhost:8080")
+    dev_token_endpoint: bool = False
+
+    # Auth: HS256 with a shared secret (default) or RS256 with a public key.
+    jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
+    jwt_secret: SecretStr = SecretStr("clearance-development-secret-change-me")
+    jwt_public_key: str | None = None
+    jwt_private_key: SecretStr | None = None  # only for `clearance token` with RS256
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+
+    # PostgreSQL
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/clearance"
+    db_pool_min: int = Field(default=1, ge=0)
+    db_pool_max: int = Field(default=10, ge=1)
+
+    # RabbitMQ
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    amqp_exchange: str = "clearance.events"
+    amqp_prefetch: int = Field(default=8, ge=1)
+    max_attempts: int = Field(default=5, ge=1)
+    retry_delays_ms: tuple[int, ...] = (1000, 5000, 30000)
+
+    # S3-compatible storage
+    s3_endpoint_url: str = "http://127.0.0.1:18333"
+    s3_public_endpoint_url: str | None = None  # what browsers use, if different
+    s3_region: str = "us-east-1"
+    s3_access_key: str = "clearance-dev"
+    s3_secret_key: SecretStr = SecretStr("clearance-dev-secret")
+    s3_addressing_style: Literal["path", "virtual"] = "path"
+    bucket: str = "clearance-uploads"
+    upload_prefix: str = "uploads"
+    quarantine_prefix: str = "quarantine"
+    presign_ttl_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
+    download_ttl_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
+
+    # Local SeaweedFS (`clearance stack`); every port below 32768.
+    weed_s3_port: Port = 18333
+    weed_master_port: Port = 19333
+    weed_volume_port: Port = 19340
+    weed_filer_port: Port = 18888
+    weed_admin_port: Port = 19646
+
+    # Relay
+    relay_host: str = "127.0.0.1"
+    relay_port: Port = 8081
+    webhook_token: SecretStr = SecretStr("clearance-webhook-dev-token")
+
+    # Scanner
+    clamd_host: str = "127.0.0.1"
+    clamd_port: Port = 13310
+    clamd_max_bytes: int = Field(default=2000 * MiB, ge=1, le=CLAMD_HARD_LIMIT)
+    clamd_timeout_seconds: float = Field(default=120.0, gt=0)
+
+    # Processor
+    thumbnail_sizes: tuple[int, ...] = (1024, 256)
+    max_image_pixels: int = Field(default=50_000_000, ge=1)
+
+    # Reconciler
+    reconcile_interval_seconds: float = Field(default=30.0, gt=0)
+    stuck_after_seconds: float = Field(default=300.0, gt=0)
+    multipart_abandon_seconds: float = Field(default=24 * 3600.0, gt=0)
+
+    profiles: dict[str, UploadPolicy] = Field(default_factory=default_profiles)
+    default_profile: str = "image"
+
+    @field_validator("thumbnail_sizes")
+    @classmethod
+    def _sizes_descending(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(s < 16 or s > 8192 for s in v):
+            raise ValueError("thumbnail sizes must be between 16 and 8192 px")
+        return tuple(sorted(set(v), reverse=True))
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.default_profile not in self.profiles:
+            raise ValueError(f"default_profile {self.default_profile!r} is not a configured profile")
+        for name, policy in self.profiles.items():
+            if policy.max_size > self.clamd_max_bytes:
+                raise ValueError(
+                    f"profile {name!r} allows {policy.max_size} bytes but the scanner can fully "
+                    f"scan at most {self.clamd_max_bytes} (clamd_max_bytes); lower max_size"
+                )
+        if self.jwt_algorithm == "RS256" and not self.jwt_public_key:
+            raise ValueError("jwt_algorithm RS256 needs jwt_public_key (PEM)")
+        if self.environment == "production" and self.dev_token_endpoint:
+            raise ValueError("dev_token_endpoint must stay off in production")
+        return self
+
+    @property
+    def browser_s3_endpoint(self) -> str:
+        return self.s3_public_endpoint_url or self.s3_endpoint_url
