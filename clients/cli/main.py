@@ -1,8 +1,134 @@
-"""The `clearance` console script: one subcommand per process kind."""
+"""The `clearance` console script: one subcommand per process kind.
 
+Settings come from the environment (`CLEARANCE_*`) and `.env`, parsed once here and
+passed down; invalid settings end the program with a readable message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
 import sys
+from collections.abc import Callable
+
+from pydantic import ValidationError
+
+from shared.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors()
+        ]
+        print("clearance: invalid settings (CLEARANCE_* environment or .env):", file=sys.stderr)
+        print("\n".join(lines), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _configure_logging(settings: Settings) -> None:
+    from shared.logs import configure_logging
+
+    configure_logging(settings.log_level)
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from services.gateway.auth import mint_token
+
+    print(mint_token(_settings(), args.subject, ttl_seconds=args.ttl))
+    return 0
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from shared.db import ensure_database, migrate
+
+    settings = _settings()
+    _configure_logging(settings)
+
+    async def run() -> list[int]:
+        await ensure_database(settings.database_url)
+        return await migrate(settings.database_url, target=args.target)
+
+    done = asyncio.run(run())
+    print(f"migrations applied: {done}" if done else "schema is up to date")
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from services.gateway.app import create_app
+
+    settings = _settings()
+    _configure_logging(settings)
+    _use_uvloop()
+    web.run_app(
+        create_app(settings),
+        host=args.host or settings.gateway_host,
+        port=args.port or settings.gateway_port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=10,
+    )
+    return 0
+
+
+def cmd_stack(args: argparse.Namespace) -> int:
+    from services.stack import stack_down, stack_status, stack_up
+
+    settings = _settings()
+    if args.action == "up":
+        return stack_up(settings, with_services=not args.infra_only)
+    if args.action == "down":
+        return stack_down(settings)
+    return stack_status(settings)
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+    except ImportError:  # optional speed-up; the stdlib loop works too
+        return
+    uvloop.install()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clearance", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "stack", help="run the local stack: storage, database, broker, clamd, services"
+    )
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument(
+        "--infra-only",
+        action="store_true",
+        help="start storage/db/broker/clamd but no Clearance service",
+    )
+    p.set_defaults(func=cmd_stack)
+
+    p = sub.add_parser("gateway", help="run the HTTP gateway")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("token", help="print a bearer token for SUBJECT (local use)")
+    p.add_argument("subject")
+    p.add_argument("--ttl", type=int, default=3600, help="seconds; negative mints an expired token")
+    p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("migrate", help="create the database if needed and apply migrations")
+    p.add_argument("--target", type=int, default=None, help="migrate up or down to this version")
+    p.set_defaults(func=cmd_migrate)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("clearance: not yet", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130

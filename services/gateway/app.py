@@ -1,0 +1,166 @@
+"""The gateway's application factory: settings in, a wired aiohttp app out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.gateway import openapi
+from services.gateway.appkeys import (
+    AMQP,
+    METRICS,
+    OWNER,
+    POOL,
+    PRESIGNER,
+    REQUEST_ID,
+    S3,
+    SETTINGS,
+    VERIFIER,
+)
+from services.gateway.auth import TokenVerifier
+from services.gateway.errors import problem_middleware
+from services.gateway.metrics import GatewayMetrics, metrics_middleware
+from services.gateway.views import (
+    CompleteView,
+    DownloadView,
+    UploadsView,
+    UploadView,
+)
+from shared.db import create_pool
+from shared.s3 import browser_presigner, s3_client
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Paths anyone may call; everything else needs a bearer token.
+PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/static/", "/dev/")
+
+READY_TIMEOUT = 2.0  # seconds per dependency probe
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    rid = request.headers.get("X-Request-ID", "")
+    if not rid or len(rid) > 128 or not rid.isprintable():
+        rid = uuid.uuid4().hex
+    request[REQUEST_ID] = rid
+    response = await handler(request)
+    response.headers["X-Request-ID"] = rid
+    return response
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    path = request.path
+    if path != "/" and not path.startswith(PUBLIC_PREFIXES) and request.method != "OPTIONS":
+        request[OWNER] = request.app[VERIFIER].owner(request.headers.get("Authorization"))
+    return await handler(request)
+
+
+async def _database(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    pool = await create_pool(
+        settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
+    )
+    app[POOL] = pool
+    try:
+        yield
+    finally:
+        await pool.close()
+
+
+async def _storage(app: web.Application) -> AsyncIterator[None]:
+    async with s3_client(app[SETTINGS]) as client:
+        app[S3] = client
+        yield
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _check(name: str, probe: Awaitable[object]) -> tuple[str, str]:
+    try:
+        await asyncio.wait_for(probe, READY_TIMEOUT)
+    except Exception as exc:  # any failure means "not ready"; the reason is reported
+        return name, f"error: {type(exc).__name__}: {exc}"[:200]
+    return name, "ok"
+
+
+async def readyz(request: web.Request) -> web.Response:
+    app = request.app
+    settings = app[SETTINGS]
+
+    async def broker() -> None:
+        conn = app.get(AMQP)
+        if conn is None or conn.is_closed:
+            raise ConnectionError("not connected to the broker")
+
+    results = await asyncio.gather(
+        _check("database", app[POOL].fetchval("SELECT 1")),
+        _check("storage", app[S3].head_bucket(Bucket=settings.bucket)),
+        _check("broker", broker()),
+    )
+    checks = dict(results)
+    ok = all(v == "ok" for v in checks.values())
+    return web.Response(
+        body=orjson.dumps({"status": "ok" if ok else "unavailable", "checks": checks}),
+        status=200 if ok else 503,
+        content_type="application/json",
+    )
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    resp = web.Response(body=body)
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp
+
+
+async def openapi_view(request: web.Request) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(openapi.document(request.app)), content_type="application/json"
+    )
+
+
+def create_app(settings: Settings, *, with_broker: bool = True) -> web.Application:
+    """Build the gateway. Resources open on start-up and close on clean-up, in order."""
+    metrics = GatewayMetrics()
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[
+            request_id_middleware,
+            metrics_middleware(metrics),
+            problem_middleware,
+            auth_middleware,
+        ],
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = metrics
+    app[VERIFIER] = TokenVerifier(settings)
+    app[PRESIGNER] = browser_presigner(settings)
+    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(_storage)
+    if with_broker:
+        from services.gateway.broker import broker_context
+
+        app.cleanup_ctx.append(broker_context)
+
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get("/readyz", readyz)
+    r.add_get("/metrics", metrics_view)
+    r.add_get("/openapi.json", openapi_view)
+    r.add_view("/v1/uploads", UploadsView)
+    r.add_view("/v1/uploads/{id}", UploadView)
+    r.add_view("/v1/uploads/{id}/complete", CompleteView)
+    r.add_view("/v1/uploads/{id}/download", DownloadView)
+    return app

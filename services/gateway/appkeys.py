@@ -1,0 +1,32 @@
+"""Typed application state, declared in one place."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import asyncpg
+from aiohttp import web
+
+from services.gateway.auth import TokenVerifier
+from services.gateway.metrics import GatewayMetrics
+from shared.events import Event
+from shared.presign import Presigner
+from shared.settings import Settings
+
+
+class EventPublisher(Protocol):
+    async def publish(self, event: Event) -> None: ...
+
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", asyncpg.Pool)
+S3: web.AppKey[Any] = web.AppKey("s3")  # aiobotocore client
+PRESIGNER = web.AppKey("presigner", Presigner)
+VERIFIER = web.AppKey("verifier", TokenVerifier)
+METRICS = web.AppKey("metrics", GatewayMetrics)
+PUBLISHER = web.AppKey("publisher", EventPublisher)
+AMQP: web.AppKey[Any] = web.AppKey("amqp")  # aio_pika robust connection, for readiness
+
+# Per-request values set by middlewares.
+REQUEST_ID = web.RequestKey("request_id", str)
+OWNER = web.RequestKey("owner", str)

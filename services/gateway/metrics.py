@@ -1,0 +1,60 @@
+"""Prometheus metrics for the gateway, in a registry per app (tests build many apps)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "clearance_http_requests_total",
+            "HTTP requests by route, method and status",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "clearance_http_request_duration_seconds",
+            "HTTP request latency by route",
+            ["route", "method"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.uploads_created = Counter(
+            "clearance_uploads_created_total",
+            "Upload requests per profile and outcome (created, rejected)",
+            ["profile", "outcome"],
+            registry=self.registry,
+        )
+        self.transitions = Counter(
+            "clearance_upload_transitions_total",
+            "Status transitions applied, by target status",
+            ["status"],
+            registry=self.registry,
+        )
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def metrics_middleware(metrics: GatewayMetrics) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        finally:
+            resource = request.match_info.route.resource
+            route = resource.canonical if resource is not None else "unmatched"
+            metrics.requests.labels(route, request.method, str(status)).inc()
+            metrics.latency.labels(route, request.method).observe(time.perf_counter() - start)
+
+    return middleware

@@ -1,0 +1,147 @@
+"""OpenAPI 3.1 document built from the pydantic models and the routes that exist.
+
+Schemas come straight from the models (`model_json_schema`), so they can't drift; a
+test checks that every registered route is described here and vice versa.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from services.gateway import models as m
+
+JSON = "application/json"
+PROBLEM = "application/problem+json"
+
+
+def _ref(model: type[BaseModel]) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _ok(status: int, model: type[BaseModel] | None, description: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {"description": description}
+    if model is not None:
+        entry["content"] = {JSON: {"schema": _ref(model)}}
+    return {str(status): entry}
+
+
+def _problems(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {"description": "Problem", "content": {PROBLEM: {"schema": _ref(m.ProblemDetails)}}}
+        for s in statuses
+    }
+
+
+def _body(model: type[BaseModel], required: bool = True) -> dict[str, Any]:
+    return {"required": required, "content": {JSON: {"schema": _ref(model)}}}
+
+
+ID = {"name": "id", "in": "path", "required": True, "schema": {"type": "string", "format": "uuid"}}
+AUTH: list[dict[str, list[str]]] = [{"bearer": []}]
+
+# (method, path) → operation. Keep in step with `create_app`; a test enforces it.
+OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
+    ("POST", "/v1/uploads"): {
+        "summary": "Declare a file and get presigned upload URL(s)",
+        "requestBody": _body(m.CreateUpload),
+        "responses": _ok(201, m.UploadCreated, "Upload created") | _problems(400, 401, 413, 422),
+    },
+    ("GET", "/v1/uploads"): {
+        "summary": "The caller's uploads, newest first",
+        "parameters": [
+            {"name": "status", "in": "query", "schema": {"type": "string"}},
+            {
+                "name": "limit",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 1, "maximum": 100},
+            },
+            {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+        ],
+        "responses": _ok(200, m.UploadPage, "A page of uploads") | _problems(401, 422),
+    },
+    ("GET", "/v1/uploads/{id}"): {
+        "summary": "One upload with its timeline and, when ready, thumbnail URLs",
+        "parameters": [ID],
+        "responses": _ok(200, m.UploadRecord, "The upload") | _problems(401, 404),
+    },
+    ("DELETE", "/v1/uploads/{id}"): {
+        "summary": "Abort an upload in progress, or delete a finished one",
+        "parameters": [ID],
+        "responses": {"204": {"description": "Gone"}} | _problems(401, 404, 409),
+    },
+    ("POST", "/v1/uploads/{id}/complete"): {
+        "summary": "Tell the gateway the bytes have landed",
+        "parameters": [ID],
+        "requestBody": _body(m.CompleteUpload, required=False),
+        "responses": _ok(202, m.Accepted, "Accepted for scanning")
+        | _problems(400, 401, 404, 409, 422),
+    },
+    ("GET", "/v1/uploads/{id}/download"): {
+        "summary": "Redirect to a short-lived download URL (ready uploads only)",
+        "parameters": [ID],
+        "responses": {"302": {"description": "Redirect to storage"}} | _problems(401, 404, 409),
+    },
+    ("GET", "/healthz"): {
+        "summary": "Liveness",
+        "security": [],
+        "responses": {"200": {"description": "Alive"}},
+    },
+    ("GET", "/readyz"): {
+        "summary": "Readiness of database, storage and broker",
+        "security": [],
+        "responses": {"200": {"description": "Ready"}, "503": {"description": "Not ready"}},
+    },
+    ("GET", "/metrics"): {
+        "summary": "Prometheus metrics",
+        "security": [],
+        "responses": {"200": {"description": "Metrics in the text exposition format"}},
+    },
+    ("GET", "/openapi.json"): {
+        "summary": "This document",
+        "security": [],
+        "responses": {"200": {"description": "OpenAPI 3.1"}},
+    },
+}
+
+SCHEMAS: tuple[type[BaseModel], ...] = (
+    m.CreateUpload,
+    m.UploadCreated,
+    m.UploadPage,
+    m.UploadRecord,
+    m.CompleteUpload,
+    m.Accepted,
+    m.SignPartsRequest,
+    m.SignedParts,
+    m.StoredParts,
+    m.ProblemDetails,
+)
+
+
+def document(app: web.Application | None = None) -> dict[str, Any]:
+    components: dict[str, Any] = {}
+    for model in SCHEMAS:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(schema.pop("$defs", {}))
+        components[model.__name__] = schema
+    paths: dict[str, dict[str, Any]] = {}
+    for (method, path), op in sorted(OPERATIONS.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        paths.setdefault(path, {})[method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Clearance gateway",
+            "version": "1",
+            "description": "Direct-to-storage uploads with scanning, processing and live status.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+        "security": AUTH,
+    }

@@ -1,0 +1,110 @@
+"""PostgreSQL access: the pool factory and versioned migrations as code.
+
+Migrations are plain SQL pairs (up, down) in `shared.migrations`; `migrate()` applies
+them in order under an advisory lock, so concurrent starts are safe and re-running is
+a no-op. Only the gateway writes uploads; other services never open the database.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+
+from shared.migrations import MIGRATIONS, Migration
+
+log = logging.getLogger(__name__)
+
+_LOCK_ID = 0x0C1EA4A4CE  # advisory lock key: one migrator at a time
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
+    """Open a pool whose connections decode json/jsonb to Python values."""
+    pool = await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, timeout=10
+    )
+    assert pool is not None
+    return pool
+
+
+@asynccontextmanager
+async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        await _init_connection(conn)
+        yield conn
+    finally:
+        await conn.close()
+
+
+async def applied_versions(conn: asyncpg.Connection) -> list[int]:
+    exists = await conn.fetchval("SELECT to_regclass('public.schema_migrations') IS NOT NULL")
+    if not exists:
+        return []
+    rows = await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")
+    return [r["version"] for r in rows]
+
+
+async def migrate(dsn: str, *, target: int | None = None) -> list[int]:
+    """Bring the schema to `target` (default: latest), up or down. Returns versions applied."""
+    wanted = MIGRATIONS[-1].version if target is None else target
+    if wanted != 0 and wanted not in {m.version for m in MIGRATIONS}:
+        raise ValueError(f"unknown migration version {wanted}")
+    done: list[int] = []
+    async with connect(dsn) as conn:
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+        try:
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            current = set(await applied_versions(conn))
+            for m in MIGRATIONS:
+                if m.version <= wanted and m.version not in current:
+                    await _apply(conn, m, up=True)
+                    done.append(m.version)
+            for m in reversed(MIGRATIONS):
+                if m.version > wanted and m.version in current:
+                    await _apply(conn, m, up=False)
+                    done.append(-m.version)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+    return done
+
+
+async def _apply(conn: asyncpg.Connection, m: Migration, *, up: bool) -> None:
+    async with conn.transaction():
+        await conn.execute(m.up if up else m.down)
+        if up:
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", m.version, m.name
+            )
+        else:
+            await conn.execute("DELETE FROM schema_migrations WHERE version = $1", m.version)
+    log.info("migration %s %04d_%s", "applied" if up else "reverted", m.version, m.name)
+
+
+async def ensure_database(dsn: str) -> bool:
+    """Create the database named in `dsn` if it is missing. Returns True if created."""
+    base, _, name = dsn.rpartition("/")
+    name = name.split("?", 1)[0]
+    admin: Any = await asyncpg.connect(f"{base}/postgres", timeout=10)
+    try:
+        if await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            return False
+        # Identifiers can't be bound as parameters; quote it safely instead.
+        quoted = '"' + name.replace('"', '""') + '"'
+        await admin.execute(f"CREATE DATABASE {quoted}")
+        return True
+    finally:
+        await admin.close()

@@ -1,0 +1,122 @@
+"""Fixtures shared by the whole suite: settings, a fresh database, the real gateway.
+
+Integration tests talk to the real stack (`clearance stack up --infra-only`, which
+`make test` runs first): PostgreSQL, RabbitMQ, SeaweedFS and clamd.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import asyncpg
+import pytest
+from aiohttp import ClientSession, web
+from aiohttp.test_utils import TestServer
+from PIL import Image
+
+from services.gateway.app import create_app
+from services.gateway.auth import mint_token
+from shared.db import migrate
+from shared.settings import Settings
+
+TEST_DB = os.environ.get("CLEARANCE_TEST_DATABASE", "clearance_test")
+
+
+def _dsn_for(base_dsn: str, name: str) -> str:
+    return f"{base_dsn.rsplit('/', 1)[0]}/{name}"
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def base_settings() -> Settings:
+    return Settings(environment="test")
+
+
+@pytest.fixture(scope="session")
+def settings(base_settings: Settings) -> Settings:
+    """Settings for the suite: same stack, a database of its own."""
+    return base_settings.model_copy(
+        update={"database_url": _dsn_for(base_settings.database_url, TEST_DB)}
+    )
+
+
+@pytest.fixture(scope="session")
+async def database(settings: Settings, base_settings: Settings) -> AsyncIterator[str]:
+    """A freshly created and migrated database for this test session."""
+    admin = await asyncpg.connect(_dsn_for(base_settings.database_url, "postgres"))
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{TEST_DB}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{TEST_DB}"')
+    finally:
+        await admin.close()
+    await migrate(settings.database_url)
+    return settings.database_url
+
+
+@pytest.fixture(scope="session")
+def stack_up(settings: Settings) -> None:
+    """Fail fast, with the fix, when the local stack is not running."""
+    missing = []
+    if not _reachable("127.0.0.1", settings.weed_s3_port):
+        missing.append(f"SeaweedFS S3 on {settings.weed_s3_port}")
+    if not _reachable("127.0.0.1", 5432):
+        missing.append("PostgreSQL on 5432")
+    if missing:
+        pytest.fail(
+            f"local stack not running ({', '.join(missing)}): run `clearance stack up --infra-only`"
+        )
+
+
+@pytest.fixture(scope="session")
+async def gateway(settings: Settings, database: str, stack_up: None) -> AsyncIterator[str]:
+    """The real gateway app on a local port, as a client would reach it."""
+    app: web.Application = create_app(settings)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield str(server.make_url("")).rstrip("/")
+    finally:
+        await server.close()
+
+
+@pytest.fixture(scope="session")
+async def http() -> AsyncIterator[ClientSession]:
+    async with ClientSession() as session:
+        yield session
+
+
+@pytest.fixture
+def token(settings: Settings) -> Callable[..., str]:
+    def make(subject: str | None = None, ttl: int = 600) -> str:
+        return mint_token(settings, subject or f"user-{uuid.uuid4().hex[:8]}", ttl_seconds=ttl)
+
+    return make
+
+
+@pytest.fixture
+def owner_headers(token: Callable[..., str]) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token()}"}
+
+
+def make_jpeg(width: int = 640, height: int = 480, *, exif: Image.Exif | None = None) -> bytes:
+    """A real JPEG with some structure, so it is not trivially compressible."""
+    img = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85, exif=exif if exif is not None else Image.Exif())
+    return buf.getvalue()
+
+
+@pytest.fixture
+def jpeg() -> bytes:
+    return make_jpeg()
