@@ -175,7 +175,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.default_profile not in self.profiles:
-            raise ValueError(f"default_profile {self.default_profile!r} is not a configured profile")
+            raise ValueError(
+                f"default_profile {self.default_profile!r} is not a configured profile"
+            )
         for name, policy in self.profiles.items():
             if policy.max_size > self.clamd_max_bytes:
                 raise ValueError(

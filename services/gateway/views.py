@@ -27,8 +27,8 @@ from services.gateway.errors import (
     BadRequest,
     Conflict,
     NotFound,
-    Unauthorized,
     ServiceUnavailable,
+    Unauthorized,
     ValidationFailed,
 )
 from services.gateway.lifecycle import Status
@@ -86,10 +86,10 @@ class BaseView(web.View):
     @property
     def owner(self) -> str:
         """The authenticated owner (set by the auth middleware)."""
-        owner = self.request.get(OWNER)
-        if owner is None:
-            raise Unauthorized("authentication required")
-        return owner
+        try:
+            return self.request[OWNER]
+        except KeyError:
+            raise Unauthorized("authentication required") from None
 
     async def parse(self, model: type[M], *, empty_ok: bool = False) -> M:
         raw = await self.request.read()  # bounded by the app's client_max_size → 413

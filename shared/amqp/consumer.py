@@ -188,6 +188,11 @@ class Consumer:
         """The consumer queue's name."""
         return self._spec.name
 
+    @property
+    def consuming(self) -> bool:
+        """True from `start` until `drain` has cancelled the consumer at the broker."""
+        return self._consumer_tag is not None
+
     async def start(self) -> None:
         """Open a confirming channel, declare this queue's topology and start consuming."""
         if self._channel is not None or self._draining:
@@ -223,6 +228,7 @@ class Consumer:
             try:
                 async with asyncio.timeout(_SHUTDOWN_STEP_SECONDS):
                     await self._queue.cancel(self._consumer_tag)
+                self._consumer_tag = None
             except (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError) as exc:
                 # Closing the channel below stops deliveries as well.
                 log.warning("could not cancel the consumer on %s: %r", self.queue_name, exc)
@@ -246,6 +252,7 @@ class Consumer:
         except (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError) as exc:
             log.warning("closing the channel of %s failed: %r", self.queue_name, exc)
         self._channel = None
+        self._consumer_tag = None
         log.info("stopped consuming %s", self.queue_name)
 
     async def _on_message(self, message: aio_pika.abc.AbstractIncomingMessage) -> None:
