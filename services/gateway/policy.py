@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import math
 import unicodedata
-import uuid
 from dataclasses import dataclass
 
 from shared.settings import S3_MAX_PART, S3_MAX_PARTS, MiB, UploadPolicy
@@ -91,28 +89,6 @@ def check_declared(
 
 def _has_control(name: str) -> bool:
     return any(unicodedata.category(c) in {"Cc", "Cf", "Zl", "Zp"} for c in name)
-
-
-def owner_hash(owner: str) -> str:
-    """A short, stable, non-reversible owner label for object keys."""
-    return hashlib.sha256(owner.encode()).hexdigest()[:16]
-
-
-def object_key(prefix: str, owner: str, upload_id: uuid.UUID) -> str:
-    """Server-generated key: `<prefix>/<owner-hash>/<uuid>`; never the user's filename."""
-    return f"{prefix}/{owner_hash(owner)}/{upload_id}"
-
-
-def upload_id_from_key(prefix: str, key: str) -> uuid.UUID | None:
-    """The upload id in a key made by `object_key`, or None for any other key."""
-    parts = key.split("/")
-    if len(parts) != 3 or parts[0] != prefix or len(parts[1]) != 16:
-        return None
-    try:
-        parsed = uuid.UUID(parts[2])
-    except ValueError:
-        return None
-    return parsed if str(parsed) == parts[2] else None
 
 
 def uses_multipart(policy: UploadPolicy, size: int) -> bool:

@@ -49,11 +49,11 @@ from services.gateway.models import (
 from services.gateway.policy import (
     FieldError,
     check_declared,
-    object_key,
     part_layout,
     uses_multipart,
 )
 from shared.events import ObjectCreated
+from shared.keys import object_key
 from shared.s3 import is_not_found
 
 log = logging.getLogger(__name__)
