@@ -35,7 +35,9 @@ Decisions:
   dead-letters a copy redelivered `QueueSpec.delivery_limit` times (default 10)
   without running the handler, and calls `on_dead_letter`; the queue's
   `x-delivery-limit` (same value) is the broker-side backstop, dead-lettering
-  at-least-once into `<q>.dlq` (then only `x-death` says why).
+  at-least-once into `<q>.dlq` (then only `x-death` says why). Both rely on
+  the broker's `x-delivery-count` (verified on RabbitMQ 3.10; recheck how
+  returns are counted when upgrading the broker).
 * **Publishing is mandatory and confirmed.** `Publisher.publish` returns once
   the broker confirmed; a nack, a timeout, a missing exchange or a closed
   channel raise `PublishFailed`, and a message no queue is bound for raises
