@@ -36,11 +36,17 @@ async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asy
     return pool
 
 
+async def connect_raw(dsn: str) -> asyncpg.Connection:
+    """One connection with the pool's codecs; the caller closes it."""
+    conn = await asyncpg.connect(dsn, timeout=10)
+    await _init_connection(conn)
+    return conn
+
+
 @asynccontextmanager
 async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(dsn, timeout=10)
+    conn = await connect_raw(dsn)
     try:
-        await _init_connection(conn)
         yield conn
     finally:
         await conn.close()

@@ -21,6 +21,27 @@ def deterministic_id(*parts: object) -> str:
     return digest[:32]
 
 
+def scan_started_id(upload_id: uuid.UUID, key: str) -> str:
+    return deterministic_id("scan.started", upload_id, key)
+
+
+def scan_clean_id(upload_id: uuid.UUID, key: str) -> str:
+    return deterministic_id("scan.clean", upload_id, key)
+
+
+def scan_infected_id(upload_id: uuid.UUID, key: str) -> str:
+    return deterministic_id("scan.infected", upload_id, key)
+
+
+def processing_id(kind: str, upload_id: uuid.UUID, key: str) -> str:
+    """Ids for processing.started / processing.done / processing.rejected."""
+    return deterministic_id(kind, upload_id, key)
+
+
+def failed_id(upload_id: uuid.UUID, stage: str) -> str:
+    return deterministic_id("upload.failed", upload_id, stage)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

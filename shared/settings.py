@@ -101,6 +101,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     cors_origins: tuple[str, ...] = ("http://127.0.0.1:8080", "http://localhost:8080")
     dev_token_endpoint: bool = False
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
 
     # Auth: HS256 with a shared secret (default) or RS256 with a public key.
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"

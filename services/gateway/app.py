@@ -24,8 +24,11 @@ from services.gateway.appkeys import (
     VERIFIER,
 )
 from services.gateway.auth import TokenVerifier
+from services.gateway.broker import broker_context
 from services.gateway.errors import problem_middleware
+from services.gateway.live import EventsView, listener_context
 from services.gateway.metrics import GatewayMetrics, metrics_middleware
+from services.gateway.reconciler import reconciler_context
 from services.gateway.views import (
     CompleteView,
     DownloadView,
@@ -131,7 +134,9 @@ async def openapi_view(request: web.Request) -> web.Response:
     )
 
 
-def create_app(settings: Settings, *, with_broker: bool = True) -> web.Application:
+def create_app(
+    settings: Settings, *, with_broker: bool = True, with_reconciler: bool = True
+) -> web.Application:
     """Build the gateway. Resources open on start-up and close on clean-up, in order."""
     metrics = GatewayMetrics()
     app = web.Application(
@@ -149,10 +154,11 @@ def create_app(settings: Settings, *, with_broker: bool = True) -> web.Applicati
     app[PRESIGNER] = browser_presigner(settings)
     app.cleanup_ctx.append(_database)
     app.cleanup_ctx.append(_storage)
+    app.cleanup_ctx.append(listener_context)
     if with_broker:
-        from services.gateway.broker import broker_context
-
         app.cleanup_ctx.append(broker_context)
+    if with_reconciler:
+        app.cleanup_ctx.append(reconciler_context)
 
     r = app.router
     r.add_get("/healthz", healthz)
@@ -163,4 +169,5 @@ def create_app(settings: Settings, *, with_broker: bool = True) -> web.Applicati
     r.add_view("/v1/uploads/{id}", UploadView)
     r.add_view("/v1/uploads/{id}/complete", CompleteView)
     r.add_view("/v1/uploads/{id}/download", DownloadView)
+    r.add_view("/v1/uploads/{id}/events", EventsView)
     return app

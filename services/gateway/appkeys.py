@@ -25,6 +25,7 @@ PRESIGNER = web.AppKey("presigner", Presigner)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 PUBLISHER = web.AppKey("publisher", EventPublisher)
+LISTENER: web.AppKey[Any] = web.AppKey("listener")  # live.Listener
 AMQP: web.AppKey[Any] = web.AppKey("amqp")  # aio_pika robust connection, for readiness
 
 # Per-request values set by middlewares.

@@ -1,23 +1,25 @@
-"""The gateway's broker side: a confirming publisher (for `complete` and the reconciler)."""
+"""The gateway's broker side: a confirming publisher (for `complete` and the
+reconciler) and the status recorder consuming every pipeline event."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
-from services.gateway.appkeys import AMQP, PUBLISHER, SETTINGS
+from services.gateway.appkeys import AMQP, METRICS, POOL, PUBLISHER, SETTINGS
+from services.gateway.recorder import StatusRecorder
+from shared.amqp.consumer import Consumer
 from shared.amqp.publisher import Publisher
 from shared.amqp.topology import connect, declare_topology
-from shared.pipeline import QUEUES
+from shared.pipeline import QUEUES, RECORDER
 
-log = logging.getLogger(__name__)
+DRAIN_SECONDS = 10.0
 
 
 async def broker_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    connection = await connect(settings)
+    connection = await connect(settings, name="clearance-gateway")
     try:
         channel = await connection.channel()
         await declare_topology(channel, settings, QUEUES)
@@ -25,9 +27,13 @@ async def broker_context(app: web.Application) -> AsyncIterator[None]:
         publisher = await Publisher.open(connection, settings)
         app[AMQP] = connection
         app[PUBLISHER] = publisher
+        recorder = Consumer(connection, settings, RECORDER, StatusRecorder(app[POOL], app[METRICS]))
+        await recorder.start()
         try:
             yield
         finally:
+            # Stop consuming and let in-flight transitions commit before closing.
+            await recorder.drain(DRAIN_SECONDS)
             await publisher.close()
     finally:
         await connection.close()

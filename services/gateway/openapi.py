@@ -84,6 +84,20 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "parameters": [ID],
         "responses": {"302": {"description": "Redirect to storage"}} | _problems(401, 404, 409),
     },
+    ("GET", "/v1/uploads/{id}/events"): {
+        "summary": "Server-Sent Events: one `status` event per transition; ends at a final state",
+        "parameters": [
+            ID,
+            {"name": "Last-Event-ID", "in": "header", "schema": {"type": "string"}},
+        ],
+        "responses": {
+            "200": {
+                "description": "An event stream",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            }
+        }
+        | _problems(401, 404),
+    },
     ("GET", "/healthz"): {
         "summary": "Liveness",
         "security": [],

@@ -31,6 +31,7 @@ from services.gateway.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from services.gateway.landing import landed_event, record_landing
 from services.gateway.lifecycle import Status
 from services.gateway.models import (
     Accepted,
@@ -52,7 +53,6 @@ from services.gateway.policy import (
     part_layout,
     uses_multipart,
 )
-from shared.events import ObjectCreated
 from shared.keys import object_key
 from shared.s3 import is_not_found
 
@@ -404,65 +404,17 @@ class CompleteView(BaseView):
         head = await head_object(self.request, upload.bucket, upload.key)
         if head is None:
             raise Conflict("the object is not in storage yet; PUT it to the signed URL first")
-        return await accept_object(self.request, upload, head, source="gateway")
-
-
-async def accept_object(
-    request: web.Request, upload: store.Upload, head: dict[str, Any], *, source: str
-) -> web.Response:
-    """Check the landed object against the declaration and move the upload to `uploaded`."""
-    app = request.app
-    size = int(head.get("ContentLength", -1))
-    etag = str(head.get("ETag", "")).strip('"') or None
-    event = ObjectCreated.build(
-        upload_id=upload.id,
-        bucket=upload.bucket,
-        key=upload.key,
-        size=size,
-        etag=etag,
-        source="gateway",
-        correlation_id=upload.correlation_id,
-    )
-    if size != upload.size:
-        result = await store.transition(
-            app[POOL],
-            upload.id,
-            to=Status.REJECTED,
-            event_id=event.event_id,
-            actor=ACTOR,
-            detail={"code": "size_mismatch", "declared": upload.size, "actual": size},
-            updates={"reason": f"size mismatch: declared {upload.size} bytes, stored {size}"},
+        app = self.request.app
+        event = landed_event(upload, head, "gateway")
+        now = await record_landing(
+            app[POOL], app.get(PUBLISHER), app[METRICS], upload, event, actor=ACTOR
         )
-        raise Conflict(
-            f"the stored object is {size} bytes, not the declared {upload.size}",
-            upload_status=(result.upload.status.value if result else "rejected"),
-        )
-    result = await store.transition(
-        app[POOL],
-        upload.id,
-        to=Status.UPLOADED,
-        event_id=event.event_id,
-        actor=ACTOR,
-        detail={"size": size, "etag": etag, "via": source},
-    )
-    if result is None:
-        raise NotFound("no such upload")
-    if result.entry is not None:
-        app[METRICS].transitions.labels(Status.UPLOADED.value).inc()
-    publisher = app.get(PUBLISHER)
-    if publisher is not None:
-        try:
-            await publisher.publish(event)
-        except Exception:
-            # The upload is durably `uploaded`; the reconciler republishes work that
-            # never started, so the client still gets its 202.
-            log.warning(
-                "publishing %s for %s failed; the reconciler will retry",
-                event.type,
-                upload.id,
-                exc_info=True,
+        if now.status is Status.REJECTED:
+            raise Conflict(
+                f"the stored object is {event.size} bytes, not the declared {upload.size}",
+                upload_status=now.status.value,
             )
-    return json_response(Accepted(id=upload.id, status=result.upload.status.value), status=202)
+        return json_response(Accepted(id=upload.id, status=now.status.value), status=202)
 
 
 class DownloadView(BaseView):

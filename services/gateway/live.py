@@ -1,0 +1,169 @@
+"""Live status: PostgreSQL LISTEN/NOTIFY fanned out to Server-Sent Events streams.
+
+One dedicated connection LISTENs for the whole process and wakes the streams of
+the upload a notification names. A stream never trusts the notification's payload
+alone: it re-reads the timeline after the last entry it sent, so a lost wake-up
+(or a reconnect of the listening connection) can delay an event but never drop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import asyncpg
+import orjson
+from aiohttp import web
+
+from services.gateway import store
+from services.gateway.appkeys import LISTENER, POOL, SETTINGS
+from services.gateway.views import BaseView
+from shared.db import connect_raw
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 15.0
+RECONNECT_SECONDS = 1.0
+
+
+class Listener:
+    """Owns the LISTEN connection and the per-upload wake-up events."""
+
+    def __init__(self, dsn: str) -> None:
+        self._dsn = dsn
+        self._waiters: dict[uuid.UUID, set[asyncio.Event]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+        self._connected = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="pg-listener")
+        # First connection must work, so a misconfigured database fails start-up.
+        await asyncio.wait_for(self._connected.wait(), timeout=10)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @contextlib.contextmanager
+    def subscribe(self, upload_id: uuid.UUID) -> Iterator[asyncio.Event]:
+        event = asyncio.Event()
+        self._waiters[upload_id].add(event)
+        try:
+            yield event
+        finally:
+            waiters = self._waiters.get(upload_id)
+            if waiters is not None:
+                waiters.discard(event)
+                if not waiters:
+                    del self._waiters[upload_id]
+
+    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        upload_id, _, _seq = str(payload).partition(":")
+        try:
+            key = uuid.UUID(upload_id)
+        except ValueError:
+            return
+        for event in self._waiters.get(key, ()):
+            event.set()
+
+    def _wake_all(self) -> None:
+        for waiters in self._waiters.values():
+            for event in waiters:
+                event.set()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                conn = await connect_raw(self._dsn)
+            except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+                log.warning("LISTEN connection failed (%s); retrying", exc)
+                await asyncio.sleep(RECONNECT_SECONDS)
+                continue
+            lost = asyncio.Event()
+            conn.add_termination_listener(functools.partial(_set_on_close, lost))
+            try:
+                await conn.add_listener(store.NOTIFY_CHANNEL, self._on_notify)
+                self._connected.set()
+                # Anything notified while we were away is picked up by re-reading.
+                self._wake_all()
+                await lost.wait()
+                log.warning("LISTEN connection lost; reconnecting")
+            finally:
+                with contextlib.suppress(Exception):
+                    await conn.close(timeout=2)
+            await asyncio.sleep(RECONNECT_SECONDS)
+
+
+def _set_on_close(lost: asyncio.Event, _conn: object) -> None:
+    lost.set()
+
+
+async def listener_context(app: web.Application) -> AsyncIterator[None]:
+    listener = Listener(app[SETTINGS].database_url)
+    await listener.start()
+    app[LISTENER] = listener
+    try:
+        yield
+    finally:
+        await listener.close()
+
+
+def sse_frame(entry: store.TimelineEntry, upload_id: uuid.UUID) -> bytes:
+    data = orjson.dumps({"id": str(upload_id), **entry.as_json()})
+    return b"id: %d\nevent: status\ndata: %s\n\n" % (entry.seq, data)
+
+
+class EventsView(BaseView):
+    """`GET /v1/uploads/{id}/events`: one `status` event per transition, then close."""
+
+    async def get(self) -> web.StreamResponse:
+        upload = await self.load()
+        last_seq = self._last_event_id()
+        pool = self.request.app[POOL]
+        heartbeat = self.request.app[SETTINGS].sse_heartbeat_seconds
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache, no-transform",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(self.request)
+        await response.write(b"retry: 2000\n\n")
+        with self.request.app[LISTENER].subscribe(upload.id) as wake:
+            while True:
+                wake.clear()
+                # Read after subscribing, so nothing committed in between is missed.
+                entries = await store.timeline(pool, upload.id, after_seq=last_seq)
+                for entry in entries:
+                    await response.write(sse_frame(entry, upload.id))
+                    last_seq = entry.seq
+                    if entry.status.final:
+                        await response.write_eof()
+                        return response
+                if not entries and await self._already_final(upload.id, last_seq):
+                    await response.write_eof()
+                    return response
+                try:
+                    await asyncio.wait_for(wake.wait(), timeout=heartbeat)
+                except TimeoutError:
+                    await response.write(b": heartbeat\n\n")
+
+    def _last_event_id(self) -> int:
+        raw = self.request.headers.get("Last-Event-ID") or self.request.query.get("last_event_id")
+        if raw and raw.strip().isdigit():
+            return int(raw.strip())
+        return 0
+
+    async def _already_final(self, upload_id: uuid.UUID, last_seq: int) -> bool:
+        """The stream resumed after the final entry: nothing more will come."""
+        current = await store.get_upload(self.request.app[POOL], upload_id)
+        return current is None or current.status.final
