@@ -13,7 +13,6 @@ and is stopped by `stack down`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -72,13 +71,11 @@ def app_process(
     ready_timeout: float = 30.0,
 ) -> ManagedProcess:
     """A `clearance <subcommand>` process with the stack's settings in its environment."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARANCE_")}
-    env.update(settings_environment(settings))
     return ManagedProcess(
         name=name or subcommand,
         argv=(str(clearance_script()), subcommand),
         probe=probe,
-        env=env,
+        env=settings_environment(settings),
         ready_timeout=ready_timeout,
         missing_hint=ENTRY_POINT_HINT,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import re
 import shutil
@@ -13,7 +14,7 @@ from typing import cast
 from services.stack.component import ComponentState, ProcessComponent
 from services.stack.layout import StackError, StackLayout
 from services.stack.probes import ClamdProbe
-from services.stack.processes import ManagedProcess, process_state, start_process
+from services.stack.processes import ManagedProcess, start_process
 from shared.settings import Settings
 
 NAME = "clamd"
@@ -68,8 +69,8 @@ class ClamdComponent:
         """Where the rendered clamd.conf is written."""
         return self.workdir / "clamd.conf"
 
-    def process(self) -> ManagedProcess:
-        """The clamd command line."""
+    def process(self, config_text: str = "") -> ManagedProcess:
+        """The clamd command line (`config_text`: the clamd.conf it is to run with)."""
         binary = clamd_binary()
         return ManagedProcess(
             name=NAME,
@@ -77,27 +78,31 @@ class ClamdComponent:
             probe=ClamdProbe(self.settings.clamd_host, self.settings.clamd_port),
             ready_timeout=READY_TIMEOUT_S,
             stop_timeout=20.0,
+            config_digest=hashlib.sha256(config_text.encode()).hexdigest() if config_text else "",
             missing_hint=INSTALL_HINT,
         )
 
-    def _write_config(self) -> None:
+    def _write_config(self) -> str:
         render = self.render or scanner_renderer()
         self.workdir.mkdir(parents=True, exist_ok=True)
         text = render(self.settings, self.workdir)
         if not _FOREGROUND.search(text):
             # A daemonising clamd would leave us holding the pid of its exited parent.
             raise StackError(f"{CONF_MODULE}.render_clamd_conf must set `Foreground yes`")
-        tmp = self.config_file.with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(self.config_file)
+        try:
+            unchanged = self.config_file.read_text() == text
+        except FileNotFoundError:
+            unchanged = False
+        if not unchanged:
+            tmp = self.config_file.with_suffix(".tmp")
+            tmp.write_text(text)
+            tmp.replace(self.config_file)
+        return text
 
     def up(self) -> str:
         if clamd_binary() is None:
             raise StackError(f"clamd not found: {INSTALL_HINT}")
-        process = self.process()
-        if not process_state(process, self.layout).up:
-            self._write_config()
-        return start_process(process, self.layout)
+        return start_process(self.process(self._write_config()), self.layout)
 
     def down(self) -> str:
         return ProcessComponent(self.process(), self.layout).down()

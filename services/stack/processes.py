@@ -7,6 +7,7 @@ still match /proc, so a recycled pid is never signalled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -170,6 +171,13 @@ def log_tail(path: Path, offset: int = 0, lines: int = LOG_TAIL_LINES) -> str:
     return f"\n  last lines of {path}:\n" + "\n".join(f"    {line}" for line in tail)
 
 
+def child_env(overrides: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a started process: ours without CLEARANCE_*, plus `overrides`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLEARANCE_")}
+    env.update(overrides)
+    return env
+
+
 def spawn_detached(
     argv: Sequence[str],
     *,
@@ -178,6 +186,9 @@ def spawn_detached(
     env: Mapping[str, str] | None = None,
 ) -> int:
     """Start `argv` in its own session, stdout+stderr appended to `log_file`.
+
+    The child inherits this environment minus CLEARANCE_* (settings reach a
+    child only explicitly, through `env`), plus `env`.
 
     posix_spawn rather than subprocess.Popen: a Popen object that is dropped
     while its process runs warns (ResourceWarning), and these processes are
@@ -196,7 +207,7 @@ def spawn_detached(
     return os.posix_spawn(
         launch[0],
         launch,
-        dict(env if env is not None else os.environ),
+        child_env(env or {}),
         file_actions=file_actions,
         setsid=True,
     )
@@ -233,8 +244,11 @@ class ManagedProcess:
     """One long-running process the stack starts, watches and stops.
 
     `probe` decides readiness; with None the process counts as ready once it
-    has stayed alive for `settle_seconds`. `missing_hint` completes the error
-    when argv[0] does not exist.
+    has stayed alive for `settle_seconds`. `env` holds the variables set on top
+    of the inherited environment. `config_digest` stands for configuration
+    files the process reads: when it, argv or env change, `start_process`
+    restarts a running instance. `missing_hint` completes the error when
+    argv[0] does not exist.
     """
 
     name: str
@@ -245,7 +259,14 @@ class ManagedProcess:
     ready_timeout: float = 30.0
     stop_timeout: float = 20.0
     settle_seconds: float = 1.0
+    config_digest: str = ""
     missing_hint: str = ""
+
+    @property
+    def fingerprint(self) -> str:
+        """Everything that shapes the running process; a change means restart."""
+        material = [list(self.argv), sorted((self.env or {}).items()), self.config_digest]
+        return hashlib.sha256(json.dumps(material).encode()).hexdigest()
 
     @property
     def address(self) -> str:
@@ -274,11 +295,24 @@ def process_state(proc: ManagedProcess, layout: StackLayout) -> ProcessState:
 def start_process(proc: ManagedProcess, layout: StackLayout) -> str:
     """Start `proc` unless it already runs; return once ready. Raises StackError.
 
-    Returns a short note: "started", "already running" or "external".
+    Returns a short note: "started", "restarted ...", "already running" or
+    "external" (something we did not start answers the probe: it is used).
     """
     pid_file = layout.pid_file(proc.name)
     log_file = layout.log_file(proc.name)
     previous = read_record(pid_file)
+    restarted = ""
+    if (
+        previous is not None
+        and is_ours(previous)
+        and previous.extra.get("fingerprint") != proc.fingerprint
+    ):
+        # Settings changed since it was started: a stale instance would keep
+        # old ports, credentials or limits, so replace it.
+        stopped = terminate(previous, proc.stop_timeout)
+        restarted = f"restarted: its configuration changed (old one {stopped})"
+        pid_file.unlink(missing_ok=True)
+        previous = None
     if previous is not None and is_ours(previous):
         running = previous
         if proc.probe is None or proc.probe.check():
@@ -314,7 +348,12 @@ def start_process(proc: ManagedProcess, layout: StackLayout) -> str:
         raise StackError(
             f"{proc.name} exited at once (code {reap(pid)})" + log_tail(log_file, offset)
         )
-    started = PidRecord(pid=pid, start_ticks=found.start_ticks, argv=proc.argv)
+    started = PidRecord(
+        pid=pid,
+        start_ticks=found.start_ticks,
+        argv=proc.argv,
+        extra={"fingerprint": proc.fingerprint},
+    )
     write_record(pid_file, started)
 
     exit_code: list[int] = []
@@ -322,6 +361,8 @@ def start_process(proc: ManagedProcess, layout: StackLayout) -> str:
     def alive() -> bool:
         # Our unreaped child cannot have its pid recycled, so no /proc identity
         # check is needed (its cmdline is not even argv until exec completes).
+        if exit_code:
+            return False  # already reaped: waitpid would no longer know it
         code = reap(pid)
         if code is None:
             return True
@@ -335,7 +376,7 @@ def start_process(proc: ManagedProcess, layout: StackLayout) -> str:
     else:
         ready = wait_until(proc.probe.check, proc.ready_timeout, still_worth_waiting=alive)
     if ready:
-        return "started"
+        return restarted or "started"
     if alive():
         terminate(started, proc.stop_timeout)
         pid_file.unlink(missing_ok=True)

