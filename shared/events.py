@@ -106,6 +106,7 @@ class ScanClean(Event):
     bucket: str
     key: str
     size: int = Field(ge=0)
+    etag: str | None = None  # the scanned version; the processor reads only that one
     engine: str = "clamd"
     duration_ms: float = Field(ge=0)
 

@@ -119,8 +119,10 @@ class Settings(BaseSettings):
     # RabbitMQ
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     amqp_exchange: str = "clearance.events"
+    queue_prefix: str = Field(default="clearance", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
     amqp_prefetch: int = Field(default=8, ge=1)
     max_attempts: int = Field(default=5, ge=1)
+    drain_timeout_seconds: float = Field(default=30.0, gt=0)
     retry_delays_ms: tuple[int, ...] = (1000, 5000, 30000)
 
     # S3-compatible storage
@@ -153,10 +155,13 @@ class Settings(BaseSettings):
     clamd_port: Port = 13310
     clamd_max_bytes: int = Field(default=2000 * MiB, ge=1, le=CLAMD_HARD_LIMIT)
     clamd_timeout_seconds: float = Field(default=120.0, gt=0)
+    scanner_metrics_port: Port | None = 18091
 
     # Processor
     thumbnail_sizes: tuple[int, ...] = (1024, 256)
     max_image_pixels: int = Field(default=50_000_000, ge=1)
+    processor_workers: int = Field(default=2, ge=1, le=64)
+    processor_metrics_port: Port | None = 18092
 
     # Reconciler
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)

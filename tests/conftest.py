@@ -40,7 +40,18 @@ def _reachable(host: str, port: int) -> bool:
 
 @pytest.fixture(scope="session")
 def base_settings() -> Settings:
-    return Settings(environment="test")
+    # Queues and exchange of their own: a running `make run` stack never steals
+    # the suite's messages, nor the suite its.
+    return Settings(
+        environment="test",
+        queue_prefix="clearance.test",
+        amqp_exchange="clearance.test.events",
+        retry_delays_ms=(200, 500),
+        max_attempts=3,
+        drain_timeout_seconds=5,
+        scanner_metrics_port=None,
+        processor_metrics_port=None,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -79,15 +90,28 @@ def stack_up(settings: Settings) -> None:
 
 
 @pytest.fixture(scope="session")
-async def gateway(settings: Settings, database: str, stack_up: None) -> AsyncIterator[str]:
-    """The real gateway app on a local port, as a client would reach it."""
+async def gateway_server(
+    settings: Settings, database: str, stack_up: None
+) -> AsyncIterator[TestServer]:
+    """The real gateway app (recorder, reconciler, SSE) on a local port."""
     app: web.Application = create_app(settings)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
-        yield str(server.make_url("")).rstrip("/")
+        yield server
     finally:
         await server.close()
+
+
+@pytest.fixture(scope="session")
+def gateway(gateway_server: TestServer) -> str:
+    """The gateway's base URL, as a client would reach it."""
+    return str(gateway_server.make_url("")).rstrip("/")
+
+
+@pytest.fixture(scope="session")
+def gateway_app(gateway_server: TestServer) -> web.Application:
+    return gateway_server.app
 
 
 @pytest.fixture(scope="session")

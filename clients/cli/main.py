@@ -75,6 +75,58 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_scanner(args: argparse.Namespace) -> int:
+    from services.scanner.worker import build_scanner
+    from shared.pipeline import scanner_queue
+    from shared.worker import serve
+
+    settings = _settings()
+    _configure_logging(settings)
+    _use_uvloop()
+    asyncio.run(
+        serve(
+            settings,
+            "scanner",
+            scanner_queue,
+            build_scanner,
+            metrics_port=settings.scanner_metrics_port,
+        )
+    )
+    return 0
+
+
+def cmd_processor(args: argparse.Namespace) -> int:
+    import functools
+
+    from services.processor.worker import build_processor, process_pool
+    from shared.pipeline import processor_queue
+    from shared.worker import serve
+
+    settings = _settings()
+    _configure_logging(settings)
+    _use_uvloop()
+    with process_pool(settings.processor_workers) as pool:
+        asyncio.run(
+            serve(
+                settings,
+                "processor",
+                processor_queue,
+                functools.partial(build_processor, pool=pool),
+                metrics_port=settings.processor_metrics_port,
+            )
+        )
+    return 0
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    from services.relay.main import run
+
+    settings = _settings()
+    _configure_logging(settings)
+    _use_uvloop()
+    return run(settings)
+
+
 def cmd_stack(args: argparse.Namespace) -> int:
     from services.stack import stack_down, stack_status, stack_up
 
@@ -113,6 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host")
     p.add_argument("--port", type=int)
     p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser("relay", help="run the storage-notification relay (webhooks → RabbitMQ)")
+    p.set_defaults(func=cmd_relay)
+
+    p = sub.add_parser("scanner", help="run the virus-scanning worker (clamd)")
+    p.set_defaults(func=cmd_scanner)
+
+    p = sub.add_parser("processor", help="run the verify/metadata/thumbnail worker")
+    p.set_defaults(func=cmd_processor)
 
     p = sub.add_parser("token", help="print a bearer token for SUBJECT (local use)")
     p.add_argument("subject")

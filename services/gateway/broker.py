@@ -10,9 +10,10 @@ from aiohttp import web
 from services.gateway.appkeys import AMQP, METRICS, POOL, PUBLISHER, SETTINGS
 from services.gateway.recorder import StatusRecorder
 from shared.amqp.consumer import Consumer
+from shared.amqp.metrics import ConsumerMetrics
 from shared.amqp.publisher import Publisher
 from shared.amqp.topology import connect, declare_topology
-from shared.pipeline import QUEUES, RECORDER
+from shared.pipeline import all_queues, recorder_queue
 
 DRAIN_SECONDS = 10.0
 
@@ -22,12 +23,18 @@ async def broker_context(app: web.Application) -> AsyncIterator[None]:
     connection = await connect(settings, name="clearance-gateway")
     try:
         channel = await connection.channel()
-        await declare_topology(channel, settings, QUEUES)
+        await declare_topology(channel, settings, all_queues(settings))
         await channel.close()
         publisher = await Publisher.open(connection, settings)
         app[AMQP] = connection
         app[PUBLISHER] = publisher
-        recorder = Consumer(connection, settings, RECORDER, StatusRecorder(app[POOL], app[METRICS]))
+        recorder = Consumer(
+            connection,
+            settings,
+            recorder_queue(settings),
+            StatusRecorder(app[POOL], app[METRICS]),
+            metrics=ConsumerMetrics(app[METRICS].registry),
+        )
         await recorder.start()
         try:
             yield

@@ -1,0 +1,256 @@
+"""The processor: `scan.clean` → verify, measure, thumbnail → `processing.done|rejected`.
+
+Nothing declared is trusted: the real bytes are sniffed against the declared type
+(the object's signed Content-Type), images are decoded under a pixel limit in a
+process pool (never on the event loop), thumbnails are written beside the object
+without metadata, and a small sidecar (`<key>.meta.json`) is written last. A
+duplicate `scan.clean` finds the sidecar and republishes its result without doing
+the work again, so thumbnails are written once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from prometheus_client import Histogram
+
+from services.processor.imaging import (
+    FileReport,
+    ImageReport,
+    Rejection,
+    analyse_image,
+)
+from services.processor.sniff import SNIFF_BYTES, sniff_type, type_matches
+from shared.amqp.consumer import Delivery, Handler, OnDeadLetter, Reject, Retry
+from shared.events import (
+    AnyEvent,
+    ProcessingDone,
+    ProcessingRejected,
+    ScanClean,
+    Thumbnail,
+    processing_id,
+)
+from shared.keys import thumbnail_key
+from shared.s3 import is_not_found
+from shared.worker import WorkerResources, ensure_upload_object, failure_reporter
+
+log = logging.getLogger(__name__)
+
+STAGE = "processing"
+IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+# Images are decoded in memory; anything larger is described by streaming instead.
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+CHUNK = 1 << 20
+
+PROCESS_SECONDS = Histogram(
+    "clearance_processing_duration_seconds",
+    "Time to verify and describe one object, thumbnails included",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+
+
+def sidecar_key(key: str) -> str:
+    return f"{key}.meta.json"
+
+
+class Processor:
+    def __init__(self, resources: WorkerResources, pool: ProcessPoolExecutor) -> None:
+        self._settings = resources.settings
+        self._s3 = resources.s3
+        self._publisher = resources.publisher
+        self._pool = pool
+
+    async def __call__(self, event: AnyEvent, delivery: Delivery) -> None:
+        if not isinstance(event, ScanClean):
+            raise Reject(f"the processor does not handle {event.type}")
+        ensure_upload_object(self._settings, event.bucket, event.key, event.upload_id)
+        extra = {"upload_id": str(event.upload_id), "correlation_id": event.correlation_id}
+
+        done = await self._previous_result(event)
+        if done is not None:
+            log.info("already processed; republishing the recorded result", extra=extra)
+            await self._publisher.publish(done)
+            return
+
+        started = time.perf_counter()
+        try:
+            head = await self._s3.head_object(Bucket=event.bucket, Key=event.key)
+        except ClientError as exc:
+            if is_not_found(exc):
+                log.info("object %s is gone; nothing to process", event.key, extra=extra)
+                return
+            raise Retry(f"storage HEAD failed: {exc}") from exc
+        declared = str(head.get("ContentType", "")).lower()
+        size = int(head["ContentLength"])
+        if event.etag and str(head.get("ETag", "")).strip('"') != event.etag:
+            raise Reject("the object changed after it was scanned")
+
+        if declared in IMAGE_TYPES and size <= MAX_IMAGE_BYTES:
+            data = await self._read(event)
+            outcome: (
+                ImageReport | FileReport | Rejection
+            ) = await asyncio.get_running_loop().run_in_executor(
+                self._pool,
+                _analyse_image_job,
+                data,
+                declared,
+                tuple(self._settings.thumbnail_sizes),
+                self._settings.max_image_pixels,
+            )
+        else:
+            outcome = await self._describe_stream(event, declared, size)
+
+        duration_ms = (time.perf_counter() - started) * 1000
+        if isinstance(outcome, Rejection):
+            await self._publisher.publish(
+                ProcessingRejected(
+                    event_id=processing_id("processing.rejected", event.upload_id, event.key),
+                    upload_id=event.upload_id,
+                    correlation_id=event.correlation_id,
+                    reason=outcome.reason[:1000],
+                    code=outcome.code,
+                    producer="processor",
+                )
+            )
+            log.info("rejected (%s): %s", outcome.code, outcome.reason, extra=extra)
+            return
+
+        thumbnails: list[Thumbnail] = []
+        metadata: dict[str, Any]
+        if isinstance(outcome, ImageReport):
+            thumbnails = await self._write_thumbnails(event, outcome)
+            metadata = {
+                "type": outcome.detected_type,
+                "size": size,
+                "sha256": outcome.sha256,
+                "width": outcome.width,
+                "height": outcome.height,
+                "format": outcome.format,
+                "mode": outcome.mode,
+                "frames": outcome.frames,
+                "exif": outcome.exif,
+            }
+        else:
+            metadata = {
+                "type": outcome.detected_type,
+                "size": outcome.size,
+                "sha256": outcome.sha256,
+            }
+        done = ProcessingDone(
+            event_id=processing_id("processing.done", event.upload_id, event.key),
+            upload_id=event.upload_id,
+            correlation_id=event.correlation_id,
+            metadata=metadata,
+            thumbnails=thumbnails,
+            duration_ms=duration_ms,
+            producer="processor",
+        )
+        # The sidecar is written last: once it exists, the work is durably done.
+        await self._put(sidecar_key(event.key), done.to_json(), "application/json")
+        PROCESS_SECONDS.observe(time.perf_counter() - started)
+        await self._publisher.publish(done)
+        log.info("ready (%d thumbnails, %.0f ms)", len(thumbnails), duration_ms, extra=extra)
+
+    async def _previous_result(self, event: ScanClean) -> ProcessingDone | None:
+        try:
+            response = await self._s3.get_object(Bucket=event.bucket, Key=sidecar_key(event.key))
+            async with response["Body"] as body:
+                raw = await body.read()
+        except ClientError as exc:
+            if is_not_found(exc):
+                return None
+            raise Retry(f"storage GET failed: {exc}") from exc
+        try:
+            return ProcessingDone.model_validate_json(raw)
+        except ValueError:
+            log.warning("unreadable sidecar for %s; processing again", event.key)
+            return None
+
+    async def _read(self, event: ScanClean) -> bytes:
+        try:
+            response = await self._s3.get_object(Bucket=event.bucket, Key=event.key)
+            async with response["Body"] as body:
+                data: bytes = await body.read()
+        except (ClientError, BotoCoreError) as exc:
+            raise Retry(f"storage GET failed: {exc}") from exc
+        return data
+
+    async def _describe_stream(
+        self, event: ScanClean, declared: str, size: int
+    ) -> FileReport | Rejection:
+        """Sniff and hash a large or non-image object without holding it in memory."""
+        digest = hashlib.sha256()
+        head = b""
+        try:
+            response = await self._s3.get_object(Bucket=event.bucket, Key=event.key)
+            async with response["Body"] as body:
+                while chunk := await body.read(CHUNK):
+                    if len(head) < SNIFF_BYTES:
+                        head += chunk[: SNIFF_BYTES - len(head)]
+                    # hashlib releases the GIL on large buffers: a thread keeps the loop free.
+                    await asyncio.to_thread(digest.update, chunk)
+        except (ClientError, BotoCoreError) as exc:
+            raise Retry(f"storage GET failed: {exc}") from exc
+        detected = sniff_type(head)
+        if detected is None or not type_matches(declared, detected):
+            return Rejection(
+                "type_mismatch",
+                f"declared {declared} but the content is {detected or 'of an unknown type'}",
+            )
+        return FileReport(size=size, sha256=digest.hexdigest(), detected_type=detected)
+
+    async def _write_thumbnails(self, event: ScanClean, report: ImageReport) -> list[Thumbnail]:
+        written = []
+        for derivative in report.derivatives:
+            key = thumbnail_key(event.key, derivative.size)
+            await self._put(key, derivative.data, derivative.content_type)
+            written.append(
+                Thumbnail(
+                    size=derivative.size,
+                    key=key,
+                    width=derivative.width,
+                    height=derivative.height,
+                    content_type=derivative.content_type,
+                    bytes=len(derivative.data),
+                )
+            )
+        return written
+
+    async def _put(self, key: str, data: bytes, content_type: str) -> None:
+        try:
+            await self._s3.put_object(
+                Bucket=self._settings.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                ServerSideEncryption="AES256",
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise Retry(f"storage PUT failed: {exc}") from exc
+
+
+def _analyse_image_job(
+    data: bytes, declared: str, sizes: tuple[int, ...], max_pixels: int
+) -> ImageReport | Rejection:
+    """Runs in a worker process."""
+    return analyse_image(data, declared_type=declared, sizes=sizes, max_pixels=max_pixels)
+
+
+def process_pool(workers: int) -> ProcessPoolExecutor:
+    # forkserver: never fork the event loop's process with its threads and sockets.
+    return ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
+    )
+
+
+async def build_processor(
+    resources: WorkerResources, pool: ProcessPoolExecutor
+) -> tuple[Handler, OnDeadLetter]:
+    return Processor(resources, pool), failure_reporter(resources.publisher, STAGE)

@@ -1,0 +1,208 @@
+"""The scanner: `object.created` → stream the object into clamd → clean, infected or failed.
+
+Memory stays bounded whatever the file size: the object is read from storage in
+chunks and each chunk goes straight into clamd's INSTREAM. A file clamd could not
+scan completely is never reported clean: the upload fails with clamd's reason.
+Infected objects are moved to the quarantine prefix, outside anything served.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from prometheus_client import Histogram
+
+from services.scanner.clamd import ClamdClient, ClamdUnavailable, ScanIncomplete
+from shared.amqp.consumer import Delivery, Handler, OnDeadLetter, Reject, Retry
+from shared.events import (
+    AnyEvent,
+    ObjectCreated,
+    ScanClean,
+    ScanInfected,
+    ScanStarted,
+    UploadFailed,
+    failed_id,
+    scan_clean_id,
+    scan_infected_id,
+    scan_started_id,
+)
+from shared.keys import quarantine_key
+from shared.s3 import is_not_found
+from shared.worker import WorkerResources, ensure_upload_object, failure_reporter
+
+log = logging.getLogger(__name__)
+
+STAGE = "scan"
+CHUNK = 1 << 20
+
+SCAN_SECONDS = Histogram(
+    "clearance_scan_duration_seconds",
+    "Time to stream one object through clamd",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+)
+
+
+class Scanner:
+    def __init__(self, resources: WorkerResources, clamd: ClamdClient) -> None:
+        self._settings = resources.settings
+        self._s3 = resources.s3
+        self._publisher = resources.publisher
+        self._clamd = clamd
+
+    async def __call__(self, event: AnyEvent, delivery: Delivery) -> None:
+        if not isinstance(event, ObjectCreated):
+            raise Reject(f"the scanner does not handle {event.type}")
+        ensure_upload_object(self._settings, event.bucket, event.key, event.upload_id)
+        extra = {"upload_id": str(event.upload_id), "correlation_id": event.correlation_id}
+
+        await self._publish(
+            ScanStarted(
+                event_id=scan_started_id(event.upload_id, event.key),
+                upload_id=event.upload_id,
+                correlation_id=event.correlation_id,
+                bucket=event.bucket,
+                key=event.key,
+                producer="scanner",
+            )
+        )
+        if event.size > self._clamd.max_bytes:
+            await self._fail(
+                event,
+                f"the file is {event.size} bytes; the virus scanner can fully scan at most "
+                f"{self._clamd.max_bytes}",
+            )
+            return
+
+        started = time.perf_counter()
+        try:
+            body = await self._open(event)
+        except FileNotFoundError:
+            # Deleted or aborted by its owner (or already quarantined): nothing to scan.
+            log.info("object %s is gone; nothing to scan", event.key, extra=extra)
+            return
+        try:
+            result = await self._clamd.scan_stream(_chunks(body))
+        except ScanIncomplete as exc:
+            await self._fail(
+                event, f"the virus scanner could not scan the whole file: {exc.reason}"
+            )
+            return
+        except ClamdUnavailable as exc:
+            raise Retry(str(exc)) from exc
+        finally:
+            body.close()
+        SCAN_SECONDS.observe(time.perf_counter() - started)
+
+        if result.clean:
+            await self._publish(
+                ScanClean(
+                    event_id=scan_clean_id(event.upload_id, event.key),
+                    upload_id=event.upload_id,
+                    correlation_id=event.correlation_id,
+                    bucket=event.bucket,
+                    key=event.key,
+                    size=result.scanned_bytes,
+                    etag=event.etag,
+                    duration_ms=result.duration_s * 1000,
+                    producer="scanner",
+                )
+            )
+            log.info(
+                "clean (%d bytes, %.0f ms)",
+                result.scanned_bytes,
+                result.duration_s * 1000,
+                extra=extra,
+            )
+            return
+        signature = result.signature or "unknown"
+        target = await self._quarantine(event)
+        await self._publish(
+            ScanInfected(
+                event_id=scan_infected_id(event.upload_id, event.key),
+                upload_id=event.upload_id,
+                correlation_id=event.correlation_id,
+                bucket=event.bucket,
+                key=event.key,
+                signature=signature,
+                quarantine_key=target,
+                producer="scanner",
+            )
+        )
+        log.warning("infected: %s; quarantined at %s", signature, target, extra=extra)
+
+    async def _open(self, event: ObjectCreated) -> Any:
+        params: dict[str, Any] = {"Bucket": event.bucket, "Key": event.key}
+        if event.etag:
+            # Scan exactly the version that landed; a replaced object is another event.
+            params["IfMatch"] = f'"{event.etag}"'
+        try:
+            response = await self._s3.get_object(**params)
+        except ClientError as exc:
+            if is_not_found(exc):
+                raise FileNotFoundError(event.key) from exc
+            code = exc.response.get("Error", {}).get("Code")
+            if code == "PreconditionFailed":
+                raise Reject("the object changed after it landed") from exc
+            raise Retry(f"storage GET failed: {code}") from exc
+        except BotoCoreError as exc:
+            raise Retry(f"storage GET failed: {exc}") from exc
+        return response["Body"]
+
+    async def _quarantine(self, event: ObjectCreated) -> str:
+        """Copy the object under the quarantine prefix, then delete the original."""
+        target = quarantine_key(self._settings.quarantine_prefix, event.key)
+        try:
+            await self._s3.copy_object(
+                Bucket=event.bucket,
+                Key=target,
+                CopySource={"Bucket": event.bucket, "Key": event.key},
+                ServerSideEncryption="AES256",
+                MetadataDirective="COPY",
+            )
+            await self._s3.delete_object(Bucket=event.bucket, Key=event.key)
+        except ClientError as exc:
+            if is_not_found(exc):
+                return target  # already moved by an earlier attempt
+            raise Retry(f"quarantine failed: {exc}") from exc
+        except BotoCoreError as exc:
+            raise Retry(f"quarantine failed: {exc}") from exc
+        return target
+
+    async def _fail(self, event: ObjectCreated, reason: str) -> None:
+        log.warning("scan failed: %s", reason, extra={"upload_id": str(event.upload_id)})
+        await self._publish(
+            UploadFailed(
+                event_id=failed_id(event.upload_id, STAGE),
+                upload_id=event.upload_id,
+                correlation_id=event.correlation_id,
+                reason=reason[:1000],
+                stage=STAGE,
+                producer="scanner",
+            )
+        )
+
+    async def _publish(self, event: Any) -> None:
+        await self._publisher.publish(event)
+
+
+async def _chunks(body: Any) -> AsyncIterator[bytes]:
+    while True:
+        chunk: bytes = await body.read(CHUNK)
+        if not chunk:
+            return
+        yield chunk
+
+
+async def build_scanner(resources: WorkerResources) -> tuple[Handler, OnDeadLetter]:
+    clamd = ClamdClient.from_settings(resources.settings)
+    if not await clamd.ping():
+        log.warning(
+            "clamd at %s:%d does not answer yet; scans retry until it does",
+            resources.settings.clamd_host,
+            resources.settings.clamd_port,
+        )
+    return Scanner(resources, clamd), failure_reporter(resources.publisher, STAGE)

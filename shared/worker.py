@@ -1,0 +1,102 @@
+"""The runtime both pipeline workers share: broker, storage, one consumer, metrics, SIGTERM.
+
+A worker is a handler factory: given the open resources it returns the handler
+and the dead-letter callback. This module owns their lifetimes: everything is
+opened before consuming starts and closed after in-flight messages drained.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import start_http_server
+
+from shared.amqp.consumer import Consumer, Handler, OnDeadLetter, Reject, run_until_signalled
+from shared.amqp.publisher import Publisher
+from shared.amqp.topology import QueueSpec, connect, declare_topology
+from shared.events import UploadFailed, failed_id
+from shared.keys import upload_id_from_key
+from shared.pipeline import all_queues
+from shared.s3 import s3_client
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkerResources:
+    settings: Settings
+    s3: Any  # aiobotocore S3 client
+    publisher: Publisher
+
+
+HandlerFactory = Callable[[WorkerResources], Awaitable[tuple[Handler, OnDeadLetter]]]
+
+
+def failure_reporter(publisher: Publisher, stage: str) -> OnDeadLetter:
+    """A dead-letter callback that marks the upload `failed` with the reason."""
+
+    async def report(event: Any, reason: str) -> None:
+        if event is None:
+            return  # malformed: no upload to tell
+        await publisher.publish(
+            UploadFailed(
+                event_id=failed_id(event.upload_id, stage),
+                upload_id=event.upload_id,
+                correlation_id=event.correlation_id,
+                reason=f"{stage} failed after retries: {reason}"[:1000],
+                stage=stage,
+                producer=stage,
+            )
+        )
+
+    return report
+
+
+def ensure_upload_object(settings: Settings, bucket: str, key: str, upload_id: uuid.UUID) -> None:
+    """Workers touch only upload objects: anything else is a poison message."""
+    if bucket != settings.bucket or upload_id_from_key(settings.upload_prefix, key) != upload_id:
+        raise Reject(f"{bucket}/{key} is not the object of upload {upload_id}")
+
+
+@asynccontextmanager
+async def worker_resources(
+    settings: Settings, name: str
+) -> AsyncIterator[tuple[Any, WorkerResources]]:
+    """Broker connection (topology declared), confirming publisher and S3 client."""
+    async with AsyncExitStack() as stack:
+        connection = await connect(settings, name=f"clearance-{name}")
+        stack.push_async_callback(connection.close)
+        channel = await connection.channel()
+        await declare_topology(channel, settings, all_queues(settings))
+        await channel.close()
+        publisher = await Publisher.open(connection, settings)
+        stack.push_async_callback(publisher.close)
+        s3 = await stack.enter_async_context(s3_client(settings))
+        yield connection, WorkerResources(settings, s3, publisher)
+
+
+async def serve(
+    settings: Settings,
+    name: str,
+    queue: Callable[[Settings], QueueSpec],
+    factory: HandlerFactory,
+    *,
+    metrics_port: int | None,
+) -> None:
+    """Consume `queue` with the factory's handler until SIGTERM/SIGINT, then drain."""
+    if metrics_port:
+        start_http_server(metrics_port, addr=settings.gateway_host)
+    async with worker_resources(settings, name) as (connection, resources):
+        handler, on_dead_letter = await factory(resources)
+        consumer = Consumer(
+            connection, settings, queue(settings), handler, on_dead_letter=on_dead_letter
+        )
+        log.info("%s consuming %s", name, consumer.queue_name)
+        await run_until_signalled([consumer], drain_timeout=settings.drain_timeout_seconds)
+    log.info("%s stopped", name)
