@@ -8,11 +8,13 @@ was started here is ever stopped.
 
 from __future__ import annotations
 
+import fcntl
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from typing import TextIO
 
 from services.stack.apps import app_services
@@ -72,6 +74,21 @@ def _run_parallel(components: Sequence[Component], action: str, out: TextIO, err
     return ok
 
 
+@contextmanager
+def _exclusive(layout: StackLayout, err: TextIO) -> Iterator[None]:
+    """One `stack up`/`down` at a time per state dir: two would race to start weed."""
+    with (layout.run_dir / "stack.lock").open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("waiting for another `stack` command to finish...", file=err, flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def stack_up(
     settings: Settings,
     *,
@@ -92,12 +109,13 @@ def stack_up(
     layout.ensure()
     began = time.monotonic()
     print(f"stack up ({layout.root})", file=out, flush=True)
-    ok = _run_parallel(infrastructure(settings, layout), "up", out, err)
-    apps = _apps(settings, layout, services) if with_services else []
-    if apps and not ok:
-        print("  app services not started: the infrastructure is not up", file=err)
-    elif apps:
-        ok = _run_parallel(apps, "up", out, err) and ok
+    with _exclusive(layout, err):
+        ok = _run_parallel(infrastructure(settings, layout), "up", out, err)
+        apps = _apps(settings, layout, services) if with_services else []
+        if apps and not ok:
+            print("  app services not started: the infrastructure is not up", file=err)
+        elif apps:
+            ok = _run_parallel(apps, "up", out, err) and ok
     verdict = "ready" if ok else "NOT ready"
     print(f"stack {verdict} in {time.monotonic() - began:.1f} s", file=out if ok else err)
     return 0 if ok else 1
@@ -117,8 +135,9 @@ def stack_down(
     layout.ensure()
     began = time.monotonic()
     print("stack down", file=out, flush=True)
-    ok = _run_parallel(_apps(settings, layout, services), "down", out, err)
-    ok = _run_parallel(infrastructure(settings, layout), "down", out, err) and ok
+    with _exclusive(layout, err):
+        ok = _run_parallel(_apps(settings, layout, services), "down", out, err)
+        ok = _run_parallel(infrastructure(settings, layout), "down", out, err) and ok
     print(f"stack down in {time.monotonic() - began:.1f} s", file=out)
     return 0 if ok else 1
 

@@ -104,7 +104,7 @@ class PostgresComponent:
 
     def up(self) -> str:
         host, port, database = self._url
-        note = "external"
+        note = "already running" if self._ours() else "external"
         if not self.probe.check():
             note = self._start(host, port)
         created = asyncio.run(_ensure_database(self.settings.database_url, database))
@@ -148,6 +148,10 @@ class PostgresComponent:
             )
         write_record(self.layout.pid_file(NAME), found)
         return f"started cluster {cluster.version}/{cluster.name}"
+
+    def _ours(self) -> bool:
+        record = read_record(self.layout.pid_file(NAME))
+        return record is not None and is_ours(record)
 
     def down(self) -> str:
         pid_file = self.layout.pid_file(NAME)

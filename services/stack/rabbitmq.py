@@ -47,7 +47,7 @@ class RabbitComponent:
         return AmqpProbe(parts.hostname or "127.0.0.1", parts.port or 5672)
 
     def up(self) -> str:
-        note = "external"
+        note = "already running" if self._ours() else "external"
         if not self.probe.check():
             note = self._start()
         asyncio.run(_check_login(self.settings.amqp_url, self.probe.address))
@@ -85,6 +85,10 @@ class RabbitComponent:
             return "started, pid unknown so `stack down` leaves it: rabbitmqctl shutdown"
         write_record(self.layout.pid_file(NAME), found)
         return "started"
+
+    def _ours(self) -> bool:
+        record = read_record(self.layout.pid_file(NAME))
+        return record is not None and is_ours(record)
 
     def down(self) -> str:
         pid_file = self.layout.pid_file(NAME)
