@@ -6,7 +6,6 @@ Integration tests talk to the real stack (`clearance stack up --infra-only`, whi
 
 from __future__ import annotations
 
-import io
 import os
 import socket
 import uuid
@@ -16,12 +15,12 @@ import asyncpg
 import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
-from PIL import Image
 
 from services.gateway.app import create_app
 from services.gateway.auth import mint_token
 from shared.db import migrate
 from shared.settings import Settings
+from tests.support import make_jpeg
 
 TEST_DB = os.environ.get("CLEARANCE_TEST_DATABASE", "clearance_test")
 
@@ -131,14 +130,6 @@ def token(settings: Settings) -> Callable[..., str]:
 @pytest.fixture
 def owner_headers(token: Callable[..., str]) -> dict[str, str]:
     return {"Authorization": f"Bearer {token()}"}
-
-
-def make_jpeg(width: int = 640, height: int = 480, *, exif: Image.Exif | None = None) -> bytes:
-    """A real JPEG with some structure, so it is not trivially compressible."""
-    img = Image.linear_gradient("L").resize((width, height)).convert("RGB")
-    buf = io.BytesIO()
-    img.save(buf, "JPEG", quality=85, exif=exif if exif is not None else Image.Exif())
-    return buf.getvalue()
 
 
 @pytest.fixture

@@ -1,0 +1,400 @@
+"""The event pipeline end to end on the real stack: land → scan → process → ready.
+
+The gateway (recorder, reconciler, SSE) and both workers run in this process
+against the real RabbitMQ, PostgreSQL, SeaweedFS and clamd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import zipfile
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import orjson
+import pytest
+from aiohttp import ClientSession, web
+from botocore.exceptions import ClientError
+from PIL import Image
+from prometheus_client import REGISTRY
+
+from services.gateway.appkeys import METRICS, POOL, PUBLISHER, S3
+from services.gateway.reconciler import Reconciler
+from services.processor.worker import build_processor, process_pool, sidecar_key
+from services.scanner.worker import build_scanner
+from shared.amqp.consumer import Consumer
+from shared.amqp.topology import dlq_name
+from shared.events import ObjectCreated
+from shared.keys import quarantine_key
+from shared.pipeline import processor_queue, scanner_queue
+from shared.settings import Settings
+from shared.worker import worker_resources
+from tests.support import make_jpeg
+
+pytestmark = pytest.mark.integration
+
+EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+FINAL = {"ready", "infected", "rejected", "failed", "expired", "aborted"}
+
+
+@pytest.fixture(scope="module")
+async def workers(settings: Settings, gateway: str) -> AsyncIterator[None]:
+    """Scanner and processor consuming in this process (the gateway records)."""
+    with process_pool(1) as pool:
+        async with worker_resources(settings, "test-workers") as (connection, resources):
+            scan, scan_dead = await build_scanner(resources)
+            proc, proc_dead = await build_processor(resources, pool)
+            consumers = [
+                Consumer(
+                    connection, settings, scanner_queue(settings), scan, on_dead_letter=scan_dead
+                ),
+                Consumer(
+                    connection, settings, processor_queue(settings), proc, on_dead_letter=proc_dead
+                ),
+            ]
+            for consumer in consumers:
+                await consumer.start()
+            try:
+                yield
+            finally:
+                for consumer in consumers:
+                    await consumer.drain(5)
+
+
+class Uploads:
+    """A client of the gateway, as the CLI or a browser would be."""
+
+    def __init__(self, http: ClientSession, gateway: str, headers: dict[str, str]) -> None:
+        self.http, self.gateway, self.headers = http, gateway, headers
+
+    async def create(
+        self, data: bytes, content_type: str, filename: str = "f.jpg"
+    ) -> dict[str, Any]:
+        body = {"filename": filename, "content_type": content_type, "size": len(data)}
+        async with self.http.post(
+            f"{self.gateway}/v1/uploads", json=body, headers=self.headers
+        ) as resp:
+            assert resp.status == 201, await resp.text()
+            created: dict[str, Any] = await resp.json()
+        return created
+
+    async def put(self, created: dict[str, Any], data: bytes) -> None:
+        upload = created["upload"]
+        async with self.http.put(upload["url"], data=data, headers=upload["headers"]) as resp:
+            assert resp.status == 200, await resp.text()
+
+    async def complete(self, upload_id: str) -> None:
+        async with self.http.post(
+            f"{self.gateway}/v1/uploads/{upload_id}/complete", json={}, headers=self.headers
+        ) as resp:
+            assert resp.status == 202, await resp.text()
+
+    async def send(self, data: bytes, content_type: str = "image/jpeg") -> str:
+        created = await self.create(data, content_type)
+        await self.put(created, data)
+        await self.complete(created["id"])
+        return str(created["id"])
+
+    async def get(self, upload_id: str) -> dict[str, Any]:
+        async with self.http.get(
+            f"{self.gateway}/v1/uploads/{upload_id}", headers=self.headers
+        ) as resp:
+            assert resp.status == 200
+            record: dict[str, Any] = await resp.json()
+        return record
+
+    async def wait_final(self, upload_id: str) -> dict[str, Any]:
+        """Follow the SSE stream until it closes at a final state; return the record."""
+        async with asyncio.timeout(30):
+            events = await self.events(upload_id)
+        assert events, "the stream closed without any event"
+        assert events[-1]["status"] in FINAL, events
+        return await self.get(upload_id)
+
+    async def events(
+        self, upload_id: str, last_event_id: int | None = None
+    ) -> list[dict[str, Any]]:
+        headers = dict(self.headers)
+        if last_event_id is not None:
+            headers["Last-Event-ID"] = str(last_event_id)
+        received = []
+        async with self.http.get(
+            f"{self.gateway}/v1/uploads/{upload_id}/events", headers=headers
+        ) as resp:
+            assert resp.status == 200
+            assert resp.content_type == "text/event-stream"
+            event: dict[str, str] = {}
+            async for raw in resp.content:
+                line = raw.decode().rstrip("\n")
+                if not line:
+                    if event.get("event") == "status":
+                        received.append(
+                            {**orjson.loads(event["data"]), "event_id": int(event["id"])}
+                        )
+                    event = {}
+                    continue
+                if line.startswith(":"):
+                    continue
+                name, _, value = line.partition(": ")
+                event[name] = value
+        return received
+
+
+@pytest.fixture
+def uploads(http: ClientSession, gateway: str, owner_headers: dict[str, str]) -> Uploads:
+    return Uploads(http, gateway, owner_headers)
+
+
+def rotated_jpeg() -> bytes:
+    """A 640×480 JPEG whose EXIF says 'rotate 90° clockwise' (orientation 6)."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    exif[0x010F] = "Clearance Camera Co"
+    exif[0x0110] = "Model 1"
+    return make_jpeg(640, 480, exif=exif)
+
+
+async def test_a_jpeg_reaches_ready_with_every_stage_streamed_in_order(
+    uploads: Uploads, workers: None, http: ClientSession
+) -> None:
+    data = rotated_jpeg()
+    created = await uploads.create(data, "image/jpeg")
+    # Listen before the bytes land: the stream shows every stage live, then closes.
+    stream = asyncio.create_task(uploads.events(created["id"]))
+    await uploads.put(created, data)
+    await uploads.complete(created["id"])
+    async with asyncio.timeout(30):
+        events = await stream
+    assert [e["status"] for e in events] == [
+        "pending",
+        "uploaded",
+        "scanning",
+        "processing",
+        "ready",
+    ]
+    assert [e["event_id"] for e in events] == sorted(e["seq"] for e in events)
+
+    record = await uploads.get(created["id"])
+    assert record["status"] == "ready"
+    detected = record["detected"]
+    assert (detected["width"], detected["height"]) == (480, 640)  # after EXIF orientation
+    assert detected["type"] == "image/jpeg"
+    assert detected["exif"]["camera_make"] == "Clearance Camera Co"
+    sizes = {}
+    for thumb in record["thumbnails"]:
+        async with http.get(thumb["url"]) as resp:
+            assert resp.status == 200
+            image = Image.open(io.BytesIO(await resp.read()))
+        assert image.format == "WEBP"
+        assert not image.info.get("exif")
+        sizes[thumb["size"]] = image.size
+    assert sizes == {1024: (480, 640), 256: (192, 256)}
+
+    # Resuming after the last event: nothing more comes, the stream just ends.
+    assert await uploads.events(created["id"], last_event_id=events[-1]["event_id"]) == []
+    # Resuming half-way replays only what came after.
+    tail = await uploads.events(created["id"], last_event_id=events[1]["event_id"])
+    assert [e["status"] for e in tail] == ["scanning", "processing", "ready"]
+
+    async with http.get(
+        f"{uploads.gateway}/v1/uploads/{created['id']}/download",
+        headers=uploads.headers,
+        allow_redirects=False,
+    ) as resp:
+        assert resp.status == 302
+        location = resp.headers["Location"]
+    async with http.get(location) as resp:
+        assert await resp.read() == data
+
+
+async def test_eicar_is_infected_quarantined_and_never_downloadable(
+    uploads: Uploads, workers: None, gateway_app: web.Application, settings: Settings
+) -> None:
+    upload_id = await uploads.send(EICAR)
+    record = await uploads.wait_final(upload_id)
+    assert record["status"] == "infected"
+    assert "Eicar" in record["reason"]
+    s3 = gateway_app[S3]
+    moved = await s3.head_object(
+        Bucket=settings.bucket, Key=quarantine_key(settings.quarantine_prefix, record["key"])
+    )
+    assert moved["ContentLength"] == len(EICAR)
+    with pytest.raises(ClientError, match="Not Found"):
+        await s3.head_object(Bucket=settings.bucket, Key=record["key"])
+    async with uploads.http.get(
+        f"{uploads.gateway}/v1/uploads/{upload_id}/download",
+        headers=uploads.headers,
+        allow_redirects=False,
+    ) as resp:
+        assert resp.status == 409
+
+
+async def test_malware_inside_an_archive_is_found(uploads: Uploads, workers: None) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("docs/readme.txt", "nothing to see")
+        archive.writestr("docs/eicar.com", EICAR)
+    created = await uploads.http.post(
+        f"{uploads.gateway}/v1/uploads",
+        json={
+            "filename": "bundle.zip",
+            "content_type": "application/zip",
+            "size": len(buf.getvalue()),
+            "profile": "media",
+        },
+        headers=uploads.headers,
+    )
+    body = await created.json()
+    await uploads.put(body, buf.getvalue())
+    await uploads.complete(body["id"])
+    record = await uploads.wait_final(body["id"])
+    assert record["status"] == "infected"
+
+
+TESTFILES = Path("/usr/share/clamav-testfiles")
+
+
+@pytest.mark.parametrize("name", ["clam.exe", "clam.zip", "clam.7z", "clam.mail", "clam.pdf"])
+async def test_debian_clamav_testfiles_are_infected(
+    uploads: Uploads, workers: None, name: str
+) -> None:
+    path = TESTFILES / name
+    assert path.exists(), "install Debian's clamav-testfiles (the CI script does)"
+    upload_id = await uploads.send(path.read_bytes())
+    record = await uploads.wait_final(upload_id)
+    assert record["status"] == "infected", record
+
+
+def png_bytes() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), "red").save(buf, "PNG")
+    return buf.getvalue()
+
+
+def bomb_png() -> bytes:
+    """30000×30000 px of one colour: a few hundred KB that would decode to 2.7 GB."""
+    buf = io.BytesIO()
+    Image.new("1", (30000, 30000)).save(buf, "PNG", optimize=True)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("make", "content_type", "code"),
+    [
+        (png_bytes, "image/jpeg", "type_mismatch"),
+        (bomb_png, "image/png", "decompression_bomb"),
+        (lambda: make_jpeg()[:-2000], "image/jpeg", "corrupt"),
+    ],
+    ids=["png-declared-jpeg", "decompression-bomb", "truncated-jpeg"],
+)
+async def test_files_that_are_not_what_they_claim_are_rejected(
+    uploads: Uploads, workers: None, make: Callable[[], bytes], content_type: str, code: str
+) -> None:
+    data = make()
+    upload_id = await uploads.send(data, content_type)
+    record = await uploads.wait_final(upload_id)
+    assert record["status"] == "rejected", record
+    assert record["reason"]
+    assert record["timeline"][-1]["detail"]["code"] == code
+
+
+async def test_a_duplicate_notification_is_processed_once(
+    uploads: Uploads, workers: None, gateway_app: web.Application, settings: Settings
+) -> None:
+    upload_id = await uploads.send(make_jpeg())
+    record = await uploads.wait_final(upload_id)
+    assert record["status"] == "ready"
+    s3 = gateway_app[S3]
+    thumb_key = record["thumbnails"][0]["url"].split("?")[0].rsplit("/", 1)[1]
+    before = {
+        k: (await s3.head_object(Bucket=settings.bucket, Key=k))["LastModified"]
+        for k in (sidecar_key(record["key"]), record["key"].rsplit("/", 1)[0] + "/" + thumb_key)
+    }
+    head = await s3.head_object(Bucket=settings.bucket, Key=record["key"])
+    duplicate = ObjectCreated.build(
+        upload_id=record["id"],
+        bucket=settings.bucket,
+        key=record["key"],
+        size=head["ContentLength"],
+        etag=head["ETag"].strip('"'),
+        source="seaweedfs",
+    )
+    handled_before = _handled(processor_queue(settings).name)
+    publisher = gateway_app[PUBLISHER]
+    await publisher.publish(duplicate)
+    await publisher.publish(duplicate)
+    # Both copies go through the scanner and the processor again; the processor
+    # finds its sidecar and only republishes the recorded result.
+    async with asyncio.timeout(20):
+        while _handled(processor_queue(settings).name) < handled_before + 2:
+            await asyncio.sleep(0.05)
+    pool = gateway_app[POOL]
+    record = await uploads.get(upload_id)
+    assert [e["status"] for e in record["timeline"]].count("ready") == 1
+    after = {
+        k: (await s3.head_object(Bucket=settings.bucket, Key=k))["LastModified"] for k in before
+    }
+    assert after == before  # thumbnails and sidecar written once
+    assert (
+        await pool.fetchval("SELECT count(*) FROM upload_events WHERE upload_id = $1", record["id"])
+        == 5
+    )
+
+
+def _handled(queue: str) -> float:
+    """Messages the in-process consumers acknowledged on `queue` so far."""
+    return REGISTRY.get_sample_value("clearance_amqp_handled_total", {"queue": queue}) or 0.0
+
+
+async def test_a_lost_notification_is_recovered_by_the_reconciler(
+    uploads: Uploads, workers: None, gateway_app: web.Application, settings: Settings
+) -> None:
+    data = make_jpeg()
+    created = await uploads.create(data, "image/jpeg")
+    await uploads.put(created, data)  # no `complete`, and no relay listening: nothing reported
+    assert (await uploads.get(created["id"]))["status"] == "pending"
+    reconciler = Reconciler(
+        settings, gateway_app[POOL], gateway_app[S3], gateway_app[PUBLISHER], gateway_app[METRICS]
+    )
+    # A pass after the URL's deadline finds the object and starts the pipeline.
+    report = await reconciler.run_once(now=datetime.now(UTC) + timedelta(hours=1))
+    assert created["id"] in report.landed
+    record = await uploads.wait_final(created["id"])
+    assert record["status"] == "ready"
+    assert record["timeline"][1]["actor"] == "reconciler"
+
+    # One that never arrives expires.
+    never = await uploads.create(data, "image/jpeg")
+    report = await reconciler.run_once(now=datetime.now(UTC) + timedelta(hours=1))
+    assert never["id"] in report.expired
+    assert (await uploads.get(never["id"]))["status"] == "expired"
+
+
+async def test_a_malformed_message_goes_to_the_dlq_and_the_queue_keeps_flowing(
+    uploads: Uploads, workers: None, settings: Settings
+) -> None:
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.get_exchange(settings.amqp_exchange)
+        await exchange.publish(
+            aio_pika.Message(b"{this is not an event", content_type="application/json"),
+            routing_key="object.created",
+        )
+        dlq = await channel.get_queue(dlq_name(scanner_queue(settings).name))
+        async with asyncio.timeout(15):
+            while True:
+                message = await dlq.get(fail=False)
+                if message is not None and message.body == b"{this is not an event":
+                    await message.ack()
+                    break
+                if message is not None:
+                    await message.ack()
+                await asyncio.sleep(0.05)
+        assert message.headers["x-death-reason"]
+    upload_id = await uploads.send(make_jpeg())
+    assert (await uploads.wait_final(upload_id))["status"] == "ready"
