@@ -17,6 +17,8 @@ setup: $(STAMP)
 
 ## run: bring the whole system up and show a sample upload end to end
 run: setup
+	$(BIN)/clearance stack up --infra-only
+	$(BIN)/clearance migrate
 	$(BIN)/clearance stack up
 	$(BIN)/python -m clients.demo
 

@@ -198,11 +198,14 @@ async def _chunks(body: Any) -> AsyncIterator[bytes]:
 
 
 async def build_scanner(resources: WorkerResources) -> tuple[Handler, OnDeadLetter]:
-    clamd = ClamdClient.from_settings(resources.settings)
-    if not await clamd.ping():
+    settings = resources.settings
+    clamd = ClamdClient.from_settings(settings)
+    # A quick look only: a slow or absent clamd must not hold up consuming.
+    probe = ClamdClient(settings.clamd_host, settings.clamd_port, timeout=2, max_bytes=1)
+    if not await probe.ping():
         log.warning(
             "clamd at %s:%d does not answer yet; scans retry until it does",
-            resources.settings.clamd_host,
-            resources.settings.clamd_port,
+            settings.clamd_host,
+            settings.clamd_port,
         )
     return Scanner(resources, clamd), failure_reporter(resources.publisher, STAGE)

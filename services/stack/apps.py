@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from services.stack.probes import Probe
+from services.stack.probes import HttpProbe, Probe
 from services.stack.processes import ManagedProcess
 from shared.settings import Settings
 
@@ -28,8 +28,14 @@ ENTRY_POINT_HINT = "install the project so its `clearance` script exists: pip in
 
 def app_services(settings: Settings) -> list[ManagedProcess]:
     """The app services `stack up` starts when `with_services` is true, in start order."""
-    del settings  # used by the entries once there are any
-    return []
+    relay = f"http://{settings.relay_host}:{settings.relay_port}"
+    gateway = f"http://{settings.gateway_host}:{settings.gateway_port}"
+    return [
+        app_process(settings, "relay", probe=HttpProbe(f"{relay}/healthz")),
+        app_process(settings, "scanner"),
+        app_process(settings, "processor"),
+        app_process(settings, "gateway", probe=HttpProbe(f"{gateway}/healthz")),
+    ]
 
 
 def clearance_script() -> Path:

@@ -12,10 +12,8 @@ import zipfile
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 import aio_pika
-import orjson
 import pytest
 from aiohttp import ClientSession, web
 from botocore.exceptions import ClientError
@@ -33,12 +31,11 @@ from shared.keys import quarantine_key
 from shared.pipeline import processor_queue, scanner_queue
 from shared.settings import Settings
 from shared.worker import worker_resources
-from tests.support import make_jpeg
+from tests.support import Uploads, make_jpeg
 
 pytestmark = pytest.mark.integration
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
-FINAL = {"ready", "infected", "rejected", "failed", "expired", "aborted"}
 
 
 @pytest.fixture(scope="module")
@@ -63,85 +60,6 @@ async def workers(settings: Settings, gateway: str) -> AsyncIterator[None]:
             finally:
                 for consumer in consumers:
                     await consumer.drain(5)
-
-
-class Uploads:
-    """A client of the gateway, as the CLI or a browser would be."""
-
-    def __init__(self, http: ClientSession, gateway: str, headers: dict[str, str]) -> None:
-        self.http, self.gateway, self.headers = http, gateway, headers
-
-    async def create(
-        self, data: bytes, content_type: str, filename: str = "f.jpg"
-    ) -> dict[str, Any]:
-        body = {"filename": filename, "content_type": content_type, "size": len(data)}
-        async with self.http.post(
-            f"{self.gateway}/v1/uploads", json=body, headers=self.headers
-        ) as resp:
-            assert resp.status == 201, await resp.text()
-            created: dict[str, Any] = await resp.json()
-        return created
-
-    async def put(self, created: dict[str, Any], data: bytes) -> None:
-        upload = created["upload"]
-        async with self.http.put(upload["url"], data=data, headers=upload["headers"]) as resp:
-            assert resp.status == 200, await resp.text()
-
-    async def complete(self, upload_id: str) -> None:
-        async with self.http.post(
-            f"{self.gateway}/v1/uploads/{upload_id}/complete", json={}, headers=self.headers
-        ) as resp:
-            assert resp.status == 202, await resp.text()
-
-    async def send(self, data: bytes, content_type: str = "image/jpeg") -> str:
-        created = await self.create(data, content_type)
-        await self.put(created, data)
-        await self.complete(created["id"])
-        return str(created["id"])
-
-    async def get(self, upload_id: str) -> dict[str, Any]:
-        async with self.http.get(
-            f"{self.gateway}/v1/uploads/{upload_id}", headers=self.headers
-        ) as resp:
-            assert resp.status == 200
-            record: dict[str, Any] = await resp.json()
-        return record
-
-    async def wait_final(self, upload_id: str) -> dict[str, Any]:
-        """Follow the SSE stream until it closes at a final state; return the record."""
-        async with asyncio.timeout(30):
-            events = await self.events(upload_id)
-        assert events, "the stream closed without any event"
-        assert events[-1]["status"] in FINAL, events
-        return await self.get(upload_id)
-
-    async def events(
-        self, upload_id: str, last_event_id: int | None = None
-    ) -> list[dict[str, Any]]:
-        headers = dict(self.headers)
-        if last_event_id is not None:
-            headers["Last-Event-ID"] = str(last_event_id)
-        received = []
-        async with self.http.get(
-            f"{self.gateway}/v1/uploads/{upload_id}/events", headers=headers
-        ) as resp:
-            assert resp.status == 200
-            assert resp.content_type == "text/event-stream"
-            event: dict[str, str] = {}
-            async for raw in resp.content:
-                line = raw.decode().rstrip("\n")
-                if not line:
-                    if event.get("event") == "status":
-                        received.append(
-                            {**orjson.loads(event["data"]), "event_id": int(event["id"])}
-                        )
-                    event = {}
-                    continue
-                if line.startswith(":"):
-                    continue
-                name, _, value = line.partition(": ")
-                event[name] = value
-        return received
 
 
 @pytest.fixture
