@@ -41,7 +41,9 @@ class Uploads:
 
     async def put(self, created: dict[str, Any], data: bytes) -> None:
         upload = created["upload"]
-        async with self.http.put(upload["url"], data=io.BytesIO(data), headers=upload["headers"]) as resp:
+        async with self.http.put(
+            upload["url"], data=io.BytesIO(data), headers=upload["headers"]
+        ) as resp:
             assert resp.status == 200, await resp.text()
 
     async def complete(self, upload_id: str) -> None:
