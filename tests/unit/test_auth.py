@@ -1,0 +1,58 @@
+"""Token verification: one configured algorithm, required claims, precise reasons."""
+
+from __future__ import annotations
+
+import time
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import SecretStr
+
+from services.gateway.auth import TokenVerifier, mint_token
+from services.gateway.errors import Unauthorized
+from shared.settings import Settings
+
+
+def test_hs256_round_trip_and_expiry() -> None:
+    settings = Settings()
+    verifier = TokenVerifier(settings)
+    assert verifier.owner(f"Bearer {mint_token(settings, 'alice')}") == "alice"
+    with pytest.raises(Unauthorized, match="expired"):
+        verifier.owner(f"Bearer {mint_token(settings, 'alice', ttl_seconds=-5)}")
+
+
+def test_rs256_with_a_public_key_only() -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    settings = Settings(
+        jwt_algorithm="RS256", jwt_public_key=public, jwt_private_key=SecretStr(private)
+    )
+    verifier = TokenVerifier(settings)
+    assert verifier.owner(f"Bearer {mint_token(settings, 'bob')}") == "bob"
+    # An HS256 token signed with the public key as secret (algorithm confusion) fails.
+    forged = jwt.encode(
+        {"sub": "mallory", "exp": int(time.time()) + 60},
+        "x" * 64,
+        algorithm="HS256",
+    )
+    with pytest.raises(Unauthorized):
+        verifier.owner(f"Bearer {forged}")
+
+
+@pytest.mark.parametrize(
+    "claims", [{"exp": 9999999999}, {"sub": "a"}, {"sub": "", "exp": 9999999999}]
+)
+def test_required_claims(claims: dict[str, object]) -> None:
+    settings = Settings()
+    token = jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")
+    with pytest.raises(Unauthorized):
+        TokenVerifier(settings).owner(f"Bearer {token}")
