@@ -25,12 +25,13 @@ from services.gateway.appkeys import (
 )
 from services.gateway.auth import TokenVerifier
 from services.gateway.broker import broker_context
+from services.gateway.completion import CompleteView
 from services.gateway.errors import problem_middleware
 from services.gateway.live import EventsView, listener_context
 from services.gateway.metrics import GatewayMetrics, metrics_middleware
+from services.gateway.multipart import PartsView
 from services.gateway.reconciler import reconciler_context
 from services.gateway.views import (
-    CompleteView,
     DownloadView,
     UploadsView,
     UploadView,
@@ -167,6 +168,7 @@ def create_app(
     r.add_get("/openapi.json", openapi_view)
     r.add_view("/v1/uploads", UploadsView)
     r.add_view("/v1/uploads/{id}", UploadView)
+    r.add_view("/v1/uploads/{id}/parts", PartsView)
     r.add_view("/v1/uploads/{id}/complete", CompleteView)
     r.add_view("/v1/uploads/{id}/download", DownloadView)
     r.add_view("/v1/uploads/{id}/events", EventsView)

@@ -72,6 +72,18 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "parameters": [ID],
         "responses": {"204": {"description": "Gone"}} | _problems(401, 404, 409),
     },
+    ("POST", "/v1/uploads/{id}/parts"): {
+        "summary": "Sign a batch of part URLs (multipart uploads)",
+        "parameters": [ID],
+        "requestBody": _body(m.SignPartsRequest),
+        "responses": _ok(200, m.SignedParts, "Signed part URLs")
+        | _problems(400, 401, 404, 409, 422),
+    },
+    ("GET", "/v1/uploads/{id}/parts"): {
+        "summary": "The parts storage holds (resume after a crash)",
+        "parameters": [ID],
+        "responses": _ok(200, m.StoredParts, "Stored parts") | _problems(401, 404, 409),
+    },
     ("POST", "/v1/uploads/{id}/complete"): {
         "summary": "Tell the gateway the bytes have landed",
         "parameters": [ID],

@@ -18,7 +18,6 @@ from services.gateway.appkeys import (
     OWNER,
     POOL,
     PRESIGNER,
-    PUBLISHER,
     REQUEST_ID,
     S3,
     SETTINGS,
@@ -31,11 +30,8 @@ from services.gateway.errors import (
     Unauthorized,
     ValidationFailed,
 )
-from services.gateway.landing import landed_event, record_landing
 from services.gateway.lifecycle import Status
 from services.gateway.models import (
-    Accepted,
-    CompleteUpload,
     CreateUpload,
     Declared,
     MultipartPlan,
@@ -381,40 +377,6 @@ class UploadView(BaseView):
         except (ClientError, BotoCoreError) as exc:
             log.warning("storage cleanup of %s failed: %s", upload.id, exc)
             raise ServiceUnavailable("storage could not be reached; try again") from None
-
-
-class CompleteView(BaseView):
-    async def post(self) -> web.Response:
-        upload = await self.load()
-        body = await self.parse(CompleteUpload, empty_ok=True)
-        if upload.status.final:
-            raise Conflict(
-                f"the upload is {upload.status.value} and can't be completed",
-                upload_status=upload.status.value,
-            )
-        if upload.status.rank >= Status.UPLOADED.rank:
-            return json_response(Accepted(id=upload.id, status=upload.status.value), status=202)
-        if upload.multipart_upload_id is not None:
-            raise Conflict("multipart completion is not available yet")
-        if body.parts:
-            raise ValidationFailed(
-                "this is a single-PUT upload",
-                errors=[FieldError("parts", "must be absent for a single-PUT upload")],
-            )
-        head = await head_object(self.request, upload.bucket, upload.key)
-        if head is None:
-            raise Conflict("the object is not in storage yet; PUT it to the signed URL first")
-        app = self.request.app
-        event = landed_event(upload, head, "gateway")
-        now = await record_landing(
-            app[POOL], app.get(PUBLISHER), app[METRICS], upload, event, actor=ACTOR
-        )
-        if now.status is Status.REJECTED:
-            raise Conflict(
-                f"the stored object is {event.size} bytes, not the declared {upload.size}",
-                upload_status=now.status.value,
-            )
-        return json_response(Accepted(id=upload.id, status=now.status.value), status=202)
 
 
 class DownloadView(BaseView):

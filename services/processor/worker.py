@@ -190,12 +190,15 @@ class Processor:
         head = b""
         try:
             response = await self._s3.get_object(Bucket=event.bucket, Key=event.key)
-            async with response["Body"] as body:
+            body = response["Body"]  # aiobotocore StreamingBody: read(n) streams
+            try:
                 while chunk := await body.read(CHUNK):
                     if len(head) < SNIFF_BYTES:
                         head += chunk[: SNIFF_BYTES - len(head)]
                     # hashlib releases the GIL on large buffers: a thread keeps the loop free.
                     await asyncio.to_thread(digest.update, chunk)
+            finally:
+                body.close()
         except (ClientError, BotoCoreError) as exc:
             raise Retry(f"storage GET failed: {exc}") from exc
         detected = sniff_type(head)
