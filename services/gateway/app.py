@@ -25,6 +25,7 @@ from services.gateway.appkeys import (
 )
 from services.gateway.auth import TokenVerifier
 from services.gateway.broker import broker_context
+from services.gateway.companion import add_companion_routes
 from services.gateway.completion import CompleteView
 from services.gateway.errors import problem_middleware
 from services.gateway.live import EventsView, listener_context
@@ -36,6 +37,7 @@ from services.gateway.views import (
     UploadsView,
     UploadView,
 )
+from services.gateway.web import add_web_routes
 from shared.db import create_pool
 from shared.s3 import browser_presigner, s3_client
 from shared.settings import Settings
@@ -58,6 +60,40 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     request[REQUEST_ID] = rid
     response = await handler(request)
     response.headers["X-Request-ID"] = rid
+    return response
+
+
+CORS_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
+CORS_MAX_AGE = "600"
+
+
+@web.middleware
+async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """CORS for the configured origins only; preflights are answered here and cached."""
+    origin = request.headers.get("Origin")
+    allowed = origin is not None and origin in request.app[SETTINGS].cors_origins
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        if not allowed:
+            return web.Response(status=403, headers={"Vary": "Origin"})
+        assert origin is not None
+        return web.Response(
+            status=204,
+            headers={
+                "Access-Control-Allow-Origin": origin,
+                "Access-Control-Allow-Methods": CORS_METHODS,
+                "Access-Control-Allow-Headers": request.headers.get(
+                    "Access-Control-Request-Headers", "authorization, content-type"
+                ),
+                "Access-Control-Max-Age": CORS_MAX_AGE,
+                "Vary": "Origin",
+            },
+        )
+    response = await handler(request)
+    if allowed:
+        assert origin is not None
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = "Location, X-Request-ID"
+        response.headers.add("Vary", "Origin")
     return response
 
 
@@ -145,6 +181,7 @@ def create_app(
         middlewares=[
             request_id_middleware,
             metrics_middleware(metrics),
+            cors_middleware,
             problem_middleware,
             auth_middleware,
         ],
@@ -172,4 +209,6 @@ def create_app(
     r.add_view("/v1/uploads/{id}/complete", CompleteView)
     r.add_view("/v1/uploads/{id}/download", DownloadView)
     r.add_view("/v1/uploads/{id}/events", EventsView)
+    add_companion_routes(app)
+    add_web_routes(app)
     return app

@@ -11,7 +11,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
+from services.gateway import companion
 from services.gateway import models as m
+from services.gateway import web as web_routes
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
@@ -153,7 +155,8 @@ def document(app: web.Application | None = None) -> dict[str, Any]:
         components.update(schema.pop("$defs", {}))
         components[model.__name__] = schema
     paths: dict[str, dict[str, Any]] = {}
-    for (method, path), op in sorted(OPERATIONS.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    operations = OPERATIONS | companion.OPERATIONS | web_routes.OPERATIONS
+    for (method, path), op in sorted(operations.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         paths.setdefault(path, {})[method.lower()] = op
     return {
         "openapi": "3.1.0",
