@@ -47,6 +47,6 @@ check: lint typecheck
 bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/presign.py
-	$(BIN)/python bench/thumbnails.py
+	$(BIN)/python bench/pipeline.py
 
 ci: check test
