@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import struct
+import zipfile
 from typing import Any
 
 import orjson
@@ -29,9 +31,19 @@ class Uploads:
         self.http, self.gateway, self.headers = http, gateway, headers
 
     async def create(
-        self, data: bytes, content_type: str, filename: str = "f.jpg"
+        self,
+        data: bytes,
+        content_type: str,
+        filename: str = "f.jpg",
+        profile: str | None = None,
     ) -> dict[str, Any]:
-        body = {"filename": filename, "content_type": content_type, "size": len(data)}
+        body: dict[str, Any] = {
+            "filename": filename,
+            "content_type": content_type,
+            "size": len(data),
+        }
+        if profile is not None:
+            body["profile"] = profile
         async with self.http.post(
             f"{self.gateway}/v1/uploads", json=body, headers=self.headers
         ) as resp:
@@ -52,8 +64,10 @@ class Uploads:
         ) as resp:
             assert resp.status == 202, await resp.text()
 
-    async def send(self, data: bytes, content_type: str = "image/jpeg") -> str:
-        created = await self.create(data, content_type)
+    async def send(
+        self, data: bytes, content_type: str = "image/jpeg", profile: str | None = None
+    ) -> str:
+        created = await self.create(data, content_type, profile=profile)
         await self.put(created, data)
         await self.complete(created["id"])
         return str(created["id"])
@@ -101,3 +115,22 @@ class Uploads:
                 name, _, value = line.partition(": ")
                 event[name] = value
         return received
+
+
+def make_zip(**files: bytes) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return buf.getvalue()
+
+
+def patch_directory(data: bytes, *, size: int | None = None, flags: int | None = None) -> bytes:
+    """Rewrite the first central-directory entry's declared size or flags."""
+    out = bytearray(data)
+    at = data.index(b"PK\x01\x02")
+    if size is not None:
+        struct.pack_into("<I", out, at + 24, size)
+    if flags is not None:
+        struct.pack_into("<H", out, at + 8, flags)
+    return bytes(out)

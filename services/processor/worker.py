@@ -21,6 +21,13 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import Histogram
 
+from services.processor.archive import (
+    TAIL_BYTES,
+    ArchiveError,
+    central_directory_span,
+    members,
+    unscannable_reason,
+)
 from services.processor.imaging import (
     FileReport,
     ImageReport,
@@ -106,6 +113,8 @@ class Processor:
             )
         else:
             outcome = await self._describe_stream(event, declared, size)
+            if isinstance(outcome, FileReport) and outcome.detected_type == "application/zip":
+                outcome = await self._check_archive(event, size) or outcome
 
         duration_ms = (time.perf_counter() - started) * 1000
         if isinstance(outcome, Rejection):
@@ -208,6 +217,37 @@ class Processor:
                 f"declared {declared} but the content is {detected or 'of an unknown type'}",
             )
         return FileReport(size=size, sha256=digest.hexdigest(), detected_type=detected)
+
+    async def _check_archive(self, event: ScanClean, size: int) -> Rejection | None:
+        """Reject archives whose members the scanner could not have fully scanned."""
+        try:
+            tail_start = max(0, size - TAIL_BYTES)
+            tail = await self._range(event, tail_start, size - 1)
+            offset, length = central_directory_span(tail, size)
+            if offset >= tail_start:  # usually the directory is in the tail already
+                directory = tail[offset - tail_start : offset - tail_start + length]
+            else:
+                directory = await self._range(event, offset, offset + length - 1)
+            reason = unscannable_reason(members(directory), self._settings.clamd_max_bytes)
+        except ArchiveError as exc:
+            return Rejection("corrupt", f"the archive can't be read: {exc}")
+        return Rejection("unscannable", reason) if reason else None
+
+    async def _range(self, event: ScanClean, first: int, last: int) -> bytes:
+        if last < first:
+            return b""
+        try:
+            response = await self._s3.get_object(
+                Bucket=event.bucket, Key=event.key, Range=f"bytes={first}-{last}"
+            )
+            body = response["Body"]
+            try:
+                data: bytes = await body.read()
+            finally:
+                body.close()
+        except (ClientError, BotoCoreError) as exc:
+            raise Retry(f"storage GET failed: {exc}") from exc
+        return data
 
     async def _write_thumbnails(self, event: ScanClean, report: ImageReport) -> list[Thumbnail]:
         written = []

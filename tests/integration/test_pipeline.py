@@ -31,7 +31,7 @@ from shared.keys import quarantine_key
 from shared.pipeline import processor_queue, scanner_queue
 from shared.settings import Settings
 from shared.worker import worker_resources
-from tests.support import Uploads, make_jpeg
+from tests.support import Uploads, make_jpeg, make_zip, patch_directory
 
 pytestmark = pytest.mark.integration
 
@@ -171,6 +171,18 @@ async def test_malware_inside_an_archive_is_found(uploads: Uploads, workers: Non
     await uploads.complete(body["id"])
     record = await uploads.wait_final(body["id"])
     assert record["status"] == "infected"
+
+
+async def test_an_archive_the_scanner_cannot_fully_scan_is_rejected(
+    uploads: Uploads, workers: None
+) -> None:
+    # clamd scans only the first MaxFileSize bytes of a member and says OK; the
+    # processor reads the directory and refuses what was not fully scanned.
+    data = patch_directory(make_zip(**{"disk.img": b"\0" * 4096}), size=3_000_000_000)
+    upload_id = await uploads.send(data, "application/zip", profile="media")
+    record = await uploads.wait_final(upload_id)
+    assert record["status"] == "rejected", record
+    assert "disk.img" in record["reason"]
 
 
 TESTFILES = Path("/usr/share/clamav-testfiles")
