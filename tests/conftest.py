@@ -43,8 +43,8 @@ def base_settings() -> Settings:
     # the suite's messages, nor the suite its.
     return Settings(
         environment="test",
-        queue_prefix="clearance.test",
-        amqp_exchange="clearance.test.events",
+        queue_prefix=f"{TEST_DB}.q",
+        amqp_exchange=f"{TEST_DB}.events",
         retry_delays_ms=(200, 500),
         max_attempts=3,
         drain_timeout_seconds=5,
