@@ -18,6 +18,9 @@ MiB = 1024 * 1024
 # "OK" unscanned. No profile may allow more than the scanner can fully scan.
 CLAMD_HARD_LIMIT = 2_147_483_645
 
+# How an environment variable says "None" (e.g. CLEARANCE_SCANNER_METRICS_PORT=null).
+NONE_VALUE = "null"
+
 # S3's own multipart limits.
 S3_MIN_PART = 5 * MiB
 S3_MAX_PART = 5 * 1024 * MiB
@@ -87,6 +90,7 @@ class Settings(BaseSettings):
         env_file_encoding="utf-8",
         extra="ignore",
         frozen=True,
+        env_parse_none_str=NONE_VALUE,
     )
 
     environment: Literal["development", "production", "test"] = "development"

@@ -21,7 +21,7 @@ from pydantic import SecretStr
 
 from services.stack.probes import HttpProbe, Probe
 from services.stack.processes import ManagedProcess
-from shared.settings import Settings
+from shared.settings import NONE_VALUE, Settings
 
 ENTRY_POINT_HINT = "install the project so its `clearance` script exists: pip install -e ."
 
@@ -55,6 +55,7 @@ def settings_environment(settings: Settings) -> dict[str, str]:
         value = getattr(settings, name)
         key = f"CLEARANCE_{name.upper()}"
         if value is None:
+            env[key] = NONE_VALUE
             continue
         if isinstance(value, SecretStr):
             env[key] = value.get_secret_value()
