@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.gateway.appkeys import METRICS, POOL, PUBLISHER
 from services.gateway.errors import Conflict, ValidationFailed
-from services.gateway.landing import landed_event, record_landing
 from services.gateway.lifecycle import Status
 from services.gateway.models import Accepted, CompleteUpload
 from services.gateway.multipart import complete_multipart
 from services.gateway.policy import FieldError
-from services.gateway.views import ACTOR, BaseView, head_object, json_response
+from services.gateway.views import BaseView, accept_landed, head_object, json_response
 
 
 class CompleteView(BaseView):
@@ -35,14 +33,4 @@ class CompleteView(BaseView):
         head = await head_object(self.request, upload.bucket, upload.key)
         if head is None:
             raise Conflict("the object is not in storage yet; PUT it to the signed URL first")
-        app = self.request.app
-        event = landed_event(upload, head, "gateway")
-        now = await record_landing(
-            app[POOL], app.get(PUBLISHER), app[METRICS], upload, event, actor=ACTOR
-        )
-        if now.status is Status.REJECTED:
-            raise Conflict(
-                f"the stored object is {event.size} bytes, not the declared {upload.size}",
-                upload_status=now.status.value,
-            )
-        return json_response(Accepted(id=upload.id, status=now.status.value), status=202)
+        return await accept_landed(self.request, upload, head)

@@ -15,12 +15,10 @@ from aiohttp import web
 from botocore.exceptions import BotoCoreError, ClientError
 
 from services.gateway import store
-from services.gateway.appkeys import METRICS, POOL, PRESIGNER, PUBLISHER, S3
+from services.gateway.appkeys import POOL, PRESIGNER, S3
 from services.gateway.errors import Conflict, ServiceUnavailable, ValidationFailed
-from services.gateway.landing import landed_event, record_landing
 from services.gateway.lifecycle import Status
 from services.gateway.models import (
-    Accepted,
     CompletedPart,
     SignedPart,
     SignedParts,
@@ -29,7 +27,7 @@ from services.gateway.models import (
     StoredParts,
 )
 from services.gateway.policy import FieldError, checksum_b64
-from services.gateway.views import ACTOR, BaseView, head_object, json_response
+from services.gateway.views import ACTOR, BaseView, accept_landed, head_object, json_response
 from shared.s3 import is_not_found
 
 log = logging.getLogger(__name__)
@@ -241,13 +239,4 @@ async def complete_multipart(
     head = await head_object(request, upload.bucket, upload.key)
     if head is None:
         raise ServiceUnavailable("the completed object is not visible yet; try again")
-    event = landed_event(upload, head, "gateway")
-    now = await record_landing(
-        app[POOL], app.get(PUBLISHER), app[METRICS], upload, event, actor=ACTOR
-    )
-    if now.status is Status.REJECTED:
-        raise Conflict(
-            f"the stored object is {event.size} bytes, not the declared {upload.size}",
-            upload_status=now.status.value,
-        )
-    return json_response(Accepted(id=upload.id, status=now.status.value), status=202)
+    return await accept_landed(request, upload, head)

@@ -18,6 +18,7 @@ from services.gateway.appkeys import (
     OWNER,
     POOL,
     PRESIGNER,
+    PUBLISHER,
     REQUEST_ID,
     S3,
     SETTINGS,
@@ -30,8 +31,10 @@ from services.gateway.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from services.gateway.landing import landed_event, record_landing
 from services.gateway.lifecycle import Status
 from services.gateway.models import (
+    Accepted,
     CreateUpload,
     Declared,
     MultipartPlan,
@@ -133,6 +136,23 @@ async def head_object(request: web.Request, bucket: str, key: str) -> dict[str, 
     except BotoCoreError as exc:
         log.warning("storage HEAD %s failed: %s", key, exc)
         raise ServiceUnavailable("storage could not be reached; try again") from None
+
+
+async def accept_landed(
+    request: web.Request, upload: store.Upload, head: dict[str, Any]
+) -> web.Response:
+    """Record the object the client says has landed and answer 202 (409 if it's wrong)."""
+    app = request.app
+    event = landed_event(upload, head, "gateway")
+    now = await record_landing(
+        app[POOL], app.get(PUBLISHER), app[METRICS], upload, event, actor=ACTOR
+    )
+    if now.status is Status.REJECTED:
+        raise Conflict(
+            f"the stored object is {event.size} bytes, not the declared {upload.size}",
+            upload_status=now.status.value,
+        )
+    return json_response(Accepted(id=upload.id, status=now.status.value), status=202)
 
 
 class UploadsView(BaseView):
