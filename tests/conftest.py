@@ -18,8 +18,14 @@ from aiohttp.test_utils import TestServer
 
 from services.gateway.app import create_app
 from services.gateway.auth import mint_token
+from services.processor.worker import build_processor, process_pool
+from services.scanner.worker import build_scanner
+from services.stack.seaweedfs import configure_bucket
+from shared.amqp.consumer import Consumer
 from shared.db import migrate
+from shared.pipeline import processor_queue, scanner_queue
 from shared.settings import Settings
+from shared.worker import worker_resources
 from tests.support import make_jpeg
 
 TEST_DB = os.environ.get("CLEARANCE_TEST_DATABASE", "clearance_test")
@@ -57,7 +63,12 @@ def base_settings() -> Settings:
 def settings(base_settings: Settings) -> Settings:
     """Settings for the suite: same stack, a database of its own."""
     return base_settings.model_copy(
-        update={"database_url": _dsn_for(base_settings.database_url, TEST_DB)}
+        update={
+            "database_url": _dsn_for(base_settings.database_url, TEST_DB),
+            # A bucket of its own: a running `make run` stack (whose relay and
+            # scanner watch the main bucket) never touches the suite's objects.
+            "bucket": TEST_DB.replace("_", "-"),
+        }
     )
 
 
@@ -86,6 +97,7 @@ def stack_up(settings: Settings) -> None:
         pytest.fail(
             f"local stack not running ({', '.join(missing)}): run `clearance stack up --infra-only`"
         )
+    configure_bucket(settings, settings.s3_endpoint_url)
 
 
 @pytest.fixture(scope="session")
@@ -135,3 +147,27 @@ def owner_headers(token: Callable[..., str]) -> dict[str, str]:
 @pytest.fixture
 def jpeg() -> bytes:
     return make_jpeg()
+
+
+@pytest.fixture(scope="module")
+async def workers(settings: Settings, gateway: str) -> AsyncIterator[None]:
+    """The scanner and processor consuming in this process; the gateway records."""
+    with process_pool(1) as pool:
+        async with worker_resources(settings, "test-workers") as (connection, resources):
+            scan, scan_dead = await build_scanner(resources)
+            proc, proc_dead = await build_processor(resources, pool)
+            consumers = [
+                Consumer(
+                    connection, settings, scanner_queue(settings), scan, on_dead_letter=scan_dead
+                ),
+                Consumer(
+                    connection, settings, processor_queue(settings), proc, on_dead_letter=proc_dead
+                ),
+            ]
+            for consumer in consumers:
+                await consumer.start()
+            try:
+                yield
+            finally:
+                for consumer in consumers:
+                    await consumer.drain(5)

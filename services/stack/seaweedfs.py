@@ -286,60 +286,61 @@ class SeaweedComponent:
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
     def _configure_bucket(self) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        s3 = s3_client(self.settings, self.s3_url)
-        bucket = self.settings.bucket
-        try:
-            try:
-                _retrying(lambda: s3.head_bucket(Bucket=bucket))
-            except ClientError as exc:
-                if _error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
-                    raise
-                create: dict[str, Any] = {"Bucket": bucket}
-                if self.settings.s3_region != "us-east-1":
-                    create["CreateBucketConfiguration"] = {
-                        "LocationConstraint": self.settings.s3_region
-                    }
-                try:
-                    _retrying(lambda: s3.create_bucket(**create))
-                except ClientError as race:
-                    if _error_code(race) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                        raise
-            if self.settings.cors_origins:
-                _retrying(
-                    lambda: s3.put_bucket_cors(
-                        Bucket=bucket, CORSConfiguration=cors_rules(self.settings)
-                    )
-                )
-            else:
-                _retrying(lambda: s3.delete_bucket_cors(Bucket=bucket))
-            _retrying(
-                lambda: s3.put_bucket_encryption(
-                    Bucket=bucket, ServerSideEncryptionConfiguration=DEFAULT_ENCRYPTION
-                )
-            )
-            policy = json.dumps(deny_unencrypted_puts_policy(bucket))
-            _retrying(lambda: s3.put_bucket_policy(Bucket=bucket, Policy=policy))
-        except ClientError as exc:
-            code = _error_code(exc)
-            if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
-                raise StackError(
-                    f"the S3 API on {self.s3_url} rejects CLEARANCE_S3_ACCESS_KEY/SECRET_KEY "
-                    f"({code}); it was started with other credentials: "
-                    "`clearance stack down && clearance stack up`"
-                ) from exc
-            raise StackError(f"setting up bucket {bucket!r} failed: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StackError(f"setting up bucket {bucket!r} failed: {exc}") from exc
-        finally:
-            s3.close()
+        configure_bucket(self.settings, self.s3_url)
 
     def down(self) -> str:
         return ProcessComponent(self.process(), self.layout).down()
 
     def state(self) -> ComponentState:
         return ProcessComponent(self.process(), self.layout).state()
+
+
+def configure_bucket(settings: Settings, s3_url: str) -> None:
+    """Create the bucket if needed; apply CORS, default encryption and the SSE policy."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    s3 = s3_client(settings, s3_url)
+    bucket = settings.bucket
+    try:
+        try:
+            _retrying(lambda: s3.head_bucket(Bucket=bucket))
+        except ClientError as exc:
+            if _error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+                raise
+            create: dict[str, Any] = {"Bucket": bucket}
+            if settings.s3_region != "us-east-1":
+                create["CreateBucketConfiguration"] = {"LocationConstraint": settings.s3_region}
+            try:
+                _retrying(lambda: s3.create_bucket(**create))
+            except ClientError as race:
+                if _error_code(race) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+        if settings.cors_origins:
+            _retrying(
+                lambda: s3.put_bucket_cors(Bucket=bucket, CORSConfiguration=cors_rules(settings))
+            )
+        else:
+            _retrying(lambda: s3.delete_bucket_cors(Bucket=bucket))
+        _retrying(
+            lambda: s3.put_bucket_encryption(
+                Bucket=bucket, ServerSideEncryptionConfiguration=DEFAULT_ENCRYPTION
+            )
+        )
+        policy = json.dumps(deny_unencrypted_puts_policy(bucket))
+        _retrying(lambda: s3.put_bucket_policy(Bucket=bucket, Policy=policy))
+    except ClientError as exc:
+        code = _error_code(exc)
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
+            raise StackError(
+                f"the S3 API on {s3_url} rejects CLEARANCE_S3_ACCESS_KEY/SECRET_KEY "
+                f"({code}); it was started with other credentials: "
+                "`clearance stack down && clearance stack up`"
+            ) from exc
+        raise StackError(f"setting up bucket {bucket!r} failed: {exc}") from exc
+    except BotoCoreError as exc:
+        raise StackError(f"setting up bucket {bucket!r} failed: {exc}") from exc
+    finally:
+        s3.close()
 
 
 def _read_text(path: Path) -> str:

@@ -7,7 +7,6 @@ import base64
 import hashlib
 import io
 import os
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,12 +16,7 @@ from botocore.exceptions import ClientError
 
 from services.gateway.appkeys import METRICS, POOL, PUBLISHER, S3
 from services.gateway.reconciler import Reconciler
-from services.processor.worker import build_processor, process_pool
-from services.scanner.worker import build_scanner
-from shared.amqp.consumer import Consumer
-from shared.pipeline import processor_queue, scanner_queue
 from shared.settings import MiB, Settings
-from shared.worker import worker_resources
 from tests.support import Uploads
 
 pytestmark = pytest.mark.integration
@@ -32,29 +26,6 @@ def mp4_like(size: int) -> bytes:
     """An ISO-BMFF header (what sniffing looks for) followed by incompressible bytes."""
     header = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41"
     return header + os.urandom(size - len(header))
-
-
-@pytest.fixture(scope="module")
-async def workers(settings: Settings, gateway: str) -> AsyncIterator[None]:
-    with process_pool(1) as pool:
-        async with worker_resources(settings, "test-mp-workers") as (connection, resources):
-            scan, scan_dead = await build_scanner(resources)
-            proc, proc_dead = await build_processor(resources, pool)
-            consumers = [
-                Consumer(
-                    connection, settings, scanner_queue(settings), scan, on_dead_letter=scan_dead
-                ),
-                Consumer(
-                    connection, settings, processor_queue(settings), proc, on_dead_letter=proc_dead
-                ),
-            ]
-            for consumer in consumers:
-                await consumer.start()
-            try:
-                yield
-            finally:
-                for consumer in consumers:
-                    await consumer.drain(5)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import zipfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,44 +22,17 @@ from prometheus_client import REGISTRY
 
 from services.gateway.appkeys import METRICS, POOL, PUBLISHER, S3
 from services.gateway.reconciler import Reconciler
-from services.processor.worker import build_processor, process_pool, sidecar_key
-from services.scanner.worker import build_scanner
-from shared.amqp.consumer import Consumer
+from services.processor.worker import sidecar_key
 from shared.amqp.topology import dlq_name
 from shared.events import ObjectCreated
 from shared.keys import quarantine_key
 from shared.pipeline import processor_queue, scanner_queue
 from shared.settings import Settings
-from shared.worker import worker_resources
 from tests.support import Uploads, make_jpeg, make_zip, patch_directory
 
 pytestmark = pytest.mark.integration
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
-
-
-@pytest.fixture(scope="module")
-async def workers(settings: Settings, gateway: str) -> AsyncIterator[None]:
-    """Scanner and processor consuming in this process (the gateway records)."""
-    with process_pool(1) as pool:
-        async with worker_resources(settings, "test-workers") as (connection, resources):
-            scan, scan_dead = await build_scanner(resources)
-            proc, proc_dead = await build_processor(resources, pool)
-            consumers = [
-                Consumer(
-                    connection, settings, scanner_queue(settings), scan, on_dead_letter=scan_dead
-                ),
-                Consumer(
-                    connection, settings, processor_queue(settings), proc, on_dead_letter=proc_dead
-                ),
-            ]
-            for consumer in consumers:
-                await consumer.start()
-            try:
-                yield
-            finally:
-                for consumer in consumers:
-                    await consumer.drain(5)
 
 
 @pytest.fixture
