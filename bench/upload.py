@@ -1,0 +1,416 @@
+"""Large-file upload throughput: the CLI's direct multipart vs boto3 vs a proxy server.
+
+Run with the local stack up (`clearance stack up --infra-only`):
+
+    .venv/bin/python bench/upload.py [--size-mib 512] [--rounds 3] [--parallel 4]
+
+In one run, against the same local SeaweedFS, it sends the same file (an MP4
+header + random bytes, in the page cache) three ways, interleaved round by round:
+
+- **clearance**: the CLI's transfer code, in this process, through a real gateway
+  (a subprocess of its own on port 18290, its own database and queues): declare,
+  parts signed in batches with their SHA-256, sent straight to storage, complete;
+- **boto3**: `upload_file` (TransferManager, default config) with SSE-S3, which
+  the bucket policy requires;
+- **proxy**: the client streams the file to an aiohttp server written only for
+  this benchmark (a subprocess on port 18291) that forwards the body to storage
+  as a multipart upload (aiobotocore, 8 MiB parts, up to 4 in flight).
+
+It prints MB/s (10^6 bytes per second; median of the rounds) for each, the ratios
+(goals: clearance ≥ 95% of boto3 and ≥ 2× the proxy) and the resident memory of
+the gateway and proxy processes before and at their peak during the transfers,
+sampled from /proc every 20 ms (goal: the gateway's stays flat, since it never
+touches the bytes). Everything it stored is deleted at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import boto3
+from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
+from boto3.s3.transfer import TransferConfig
+
+from clients.cli.gateway import Gateway
+from clients.cli.transfer import FileUpload, TransferContext
+from services.gateway.auth import mint_token
+from services.stack.apps import settings_environment
+from shared.db import migrate
+from shared.s3 import s3_client
+from shared.settings import MiB, Settings
+
+GATEWAY_PORT = 18290
+PROXY_PORT = 18291
+BENCH_DB = "clearance_bench_upload"
+PREFIX = "bench-upload"
+PROXY_PART = 8 * MiB
+PROXY_IN_FLIGHT = 4
+SAMPLE_SECONDS = 0.02
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench_settings() -> Settings:
+    base = Settings()
+    return base.model_copy(
+        update={
+            "database_url": f"{base.database_url.rsplit('/', 1)[0]}/{BENCH_DB}",
+            "queue_prefix": "clearance.bench-upload",
+            "amqp_exchange": "clearance.bench-upload.events",
+            "gateway_port": GATEWAY_PORT,
+            "public_url": f"http://127.0.0.1:{GATEWAY_PORT}",
+            "scanner_metrics_port": None,
+            "processor_metrics_port": None,
+            "log_level": "WARNING",
+        }
+    )
+
+
+async def fresh_database(settings: Settings) -> None:
+    admin = await asyncpg.connect(f"{settings.database_url.rsplit('/', 1)[0]}/postgres")
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{BENCH_DB}"')
+    finally:
+        await admin.close()
+    await migrate(settings.database_url)
+
+
+async def drop_database(settings: Settings) -> None:
+    admin = await asyncpg.connect(f"{settings.database_url.rsplit('/', 1)[0]}/postgres")
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+def make_file(directory: str, size: int) -> str:
+    path = os.path.join(directory, "bench.mp4")
+    header = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41"
+    with open(path, "wb") as f:
+        f.write(header)
+        left = size - len(header)
+        while left:
+            n = min(left, 16 * MiB)
+            f.write(os.urandom(n))
+            left -= n
+    return path
+
+
+# -- memory of a process ------------------------------------------------------
+
+
+def rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+class PeakRss:
+    """Samples a process's resident set in a thread while a transfer runs."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.before = rss_bytes(pid)
+        self.peak = self.before
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SAMPLE_SECONDS):
+            self.peak = max(self.peak, rss_bytes(self.pid))
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes(self.pid))
+
+
+# -- the proxy baseline -------------------------------------------------------
+
+
+def proxy_app(settings: Settings) -> web.Application:
+    """PUT /{key}: stream the body to storage as a multipart upload."""
+
+    async def storage(app: web.Application) -> AsyncIterator[None]:
+        async with s3_client(settings) as s3:
+            app["s3"] = s3
+            yield
+
+    async def put(request: web.Request) -> web.Response:
+        s3 = request.app["s3"]
+        key = request.match_info["key"]
+        created = await s3.create_multipart_upload(
+            Bucket=settings.bucket, Key=key, ServerSideEncryption="AES256"
+        )
+        upload_id = created["UploadId"]
+        slots = asyncio.Semaphore(PROXY_IN_FLIGHT)
+        etags: dict[int, str] = {}
+
+        async def send(number: int, body: bytes) -> None:
+            try:
+                answer = await s3.upload_part(
+                    Bucket=settings.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=body,
+                )
+                etags[number] = answer["ETag"]
+            finally:
+                slots.release()
+
+        async with asyncio.TaskGroup() as group:
+            number = 0
+            while True:
+                await slots.acquire()
+                try:
+                    body = await request.content.readexactly(PROXY_PART)
+                except asyncio.IncompleteReadError as short:
+                    body = short.partial  # the last part
+                if not body:
+                    slots.release()
+                    break
+                number += 1
+                group.create_task(send(number, body))
+        await s3.complete_multipart_upload(
+            Bucket=settings.bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]},
+        )
+        return web.json_response({"key": key, "parts": number})
+
+    app = web.Application(client_max_size=8 * 1024**3)
+    app.cleanup_ctx.append(storage)
+    app.router.add_put("/{key:.+}", put)
+    return app
+
+
+def serve_proxy() -> int:
+    web.run_app(
+        proxy_app(bench_settings()), host="127.0.0.1", port=PROXY_PORT, print=None, access_log=None
+    )
+    return 0
+
+
+# -- the three ways -----------------------------------------------------------
+
+
+async def via_clearance(
+    http: ClientSession, gateway: str, token: str, path: str, parallel: int
+) -> str:
+    ctx = TransferContext(
+        http=http,
+        gateway=Gateway(http, gateway, token),
+        states=None,
+        parallel=parallel,
+        notify=lambda _message: None,
+    )
+    result = await FileUpload(ctx, path, content_type="video/mp4", profile="media").run()
+    assert result.status == "uploaded", result
+    return result.upload_id
+
+
+def via_boto3(settings: Settings, path: str, key: str) -> None:
+    client = boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        region_name=settings.s3_region,
+        aws_access_key_id=settings.s3_access_key,
+        aws_secret_access_key=settings.s3_secret_key.get_secret_value(),
+    )
+    client.upload_file(
+        path,
+        settings.bucket,
+        key,
+        ExtraArgs={"ServerSideEncryption": "AES256"},
+        Config=TransferConfig(),
+    )
+
+
+async def via_proxy(http: ClientSession, path: str, key: str) -> None:
+    size = await asyncio.to_thread(os.path.getsize, path)
+
+    async def body() -> AsyncIterator[bytes]:
+        fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+        try:
+            for offset in range(0, size, MiB):
+                yield await asyncio.to_thread(os.pread, fd, MiB, offset)
+        finally:
+            os.close(fd)
+
+    async with http.put(
+        f"http://127.0.0.1:{PROXY_PORT}/{key}",
+        data=body(),
+        headers={"Content-Length": str(size)},
+        timeout=ClientTimeout(total=600),
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+
+
+async def wait_http(http: ClientSession, url: str, deadline: float) -> None:
+    while True:
+        try:
+            async with http.get(url) as resp:
+                if resp.status < 500:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{url} did not answer; is the stack up (clearance stack up)?")
+        await asyncio.sleep(0.1)
+
+
+async def timed(action: Awaitable[Any]) -> float:
+    """Seconds `action` (a coroutine not started yet) takes to finish."""
+    started = time.perf_counter()
+    await action
+    return time.perf_counter() - started
+
+
+async def run(
+    args: argparse.Namespace,
+    settings: Settings,
+    gateway_proc: subprocess.Popen[bytes],
+    proxy_proc: subprocess.Popen[bytes],
+) -> int:
+    size = args.size_mib * MiB
+    gateway = settings.public_url
+    token = mint_token(settings, "bench-upload", ttl_seconds=3600)
+    times: dict[str, list[float]] = {"clearance": [], "boto3": [], "proxy": []}
+    gateway_rss: list[PeakRss] = []
+    proxy_rss: list[PeakRss] = []
+    with tempfile.TemporaryDirectory(prefix="clearance-bench-") as tmp:
+        path = await asyncio.to_thread(make_file, tmp, size)
+        connector = TCPConnector(limit=args.parallel * 2 + 8, limit_per_host=0)
+        async with ClientSession(connector=connector) as http, s3_client(settings) as s3:
+            deadline = time.monotonic() + 30
+            await wait_http(http, f"{gateway}/readyz", deadline)
+            await wait_http(http, f"http://127.0.0.1:{PROXY_PORT}/", deadline)
+            api = Gateway(http, gateway, token)
+            print(
+                f"uploading a {args.size_mib} MiB file {args.rounds}× each way "
+                f"(local SeaweedFS, {os.cpu_count()} CPUs)…",
+                flush=True,
+            )
+            for round_number in range(args.rounds):
+                stored: list[str] = []
+                try:
+                    with PeakRss(gateway_proc.pid) as rss:
+                        started = time.perf_counter()
+                        upload_id = await via_clearance(http, gateway, token, path, args.parallel)
+                        times["clearance"].append(time.perf_counter() - started)
+                    gateway_rss.append(rss)
+                    stored.append(str((await api.get(upload_id))["key"]))
+                    key = f"{PREFIX}/boto3-{uuid.uuid4().hex}"
+                    stored.append(key)
+                    times["boto3"].append(
+                        await timed(asyncio.to_thread(via_boto3, settings, path, key))
+                    )
+                    key = f"{PREFIX}/proxy-{uuid.uuid4().hex}"
+                    stored.append(key)
+                    with PeakRss(proxy_proc.pid) as rss:
+                        times["proxy"].append(await timed(via_proxy(http, path, key)))
+                    proxy_rss.append(rss)
+                finally:
+                    # Keep the disk from filling: nothing stored here is needed afterwards.
+                    await s3.delete_objects(
+                        Bucket=settings.bucket,
+                        Delete={"Objects": [{"Key": k} for k in stored], "Quiet": True},
+                    )
+                print(
+                    f"  round {round_number + 1}: "
+                    + "  ".join(f"{k} {size / v[-1] / 1e6:6.1f} MB/s" for k, v in times.items()),
+                    flush=True,
+                )
+
+    speed = {k: size / statistics.median(v) / 1e6 for k, v in times.items()}
+    print()
+    print(f"{args.size_mib} MiB, median of {args.rounds} rounds:")
+    labels = {
+        "clearance": f"clearance CLI, direct to storage ({args.parallel} parts in flight)",
+        "boto3": "boto3 upload_file (TransferManager defaults)",
+        "proxy": "proxy through an aiohttp server",
+    }
+    for name, label in labels.items():
+        print(f"  {label:<52} {speed[name]:7.1f} MB/s")
+    to_boto3 = speed["clearance"] / speed["boto3"]
+    to_proxy = speed["clearance"] / speed["proxy"]
+    print(
+        f"  clearance / boto3 = {to_boto3:.2f} (goal ≥ 0.95)   "
+        f"clearance / proxy = {to_proxy:.2f}× (goal ≥ 2)"
+    )
+    g_before = gateway_rss[0].before
+    g_peak = max(r.peak for r in gateway_rss)
+    p_before = proxy_rss[0].before
+    p_peak = max(r.peak for r in proxy_rss)
+    print(
+        f"  gateway RSS: {g_before / MiB:.1f} MiB before, {g_peak / MiB:.1f} MiB at peak "
+        f"during the direct uploads ({(g_peak - g_before) / MiB:+.1f} MiB; goal: flat)"
+    )
+    print(
+        f"  proxy RSS:   {p_before / MiB:.1f} MiB before, {p_peak / MiB:.1f} MiB at peak "
+        f"({(p_peak - p_before) / MiB:+.1f} MiB: every byte passes through it)"
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size-mib", type=int, default=512)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--parallel", type=int, default=4)
+    parser.add_argument("--serve-proxy", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_proxy:
+        return serve_proxy()
+    if args.size_mib <= 100:
+        parser.error("--size-mib must be above 100 (the multipart threshold)")
+    settings = bench_settings()
+    asyncio.run(fresh_database(settings))
+    env = {**os.environ, **settings_environment(settings)}
+    gateway_proc = subprocess.Popen(
+        [sys.executable, "-m", "clients.cli", "gateway"], env=env, cwd=ROOT
+    )
+    proxy_proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), "--serve-proxy"], env=env, cwd=ROOT
+    )
+    try:
+        try:
+            import uvloop
+        except ImportError:  # optional; the CLI uses it when installed
+            return asyncio.run(run(args, settings, gateway_proc, proxy_proc))
+        return uvloop.run(run(args, settings, gateway_proc, proxy_proc))
+    finally:
+        for proc in (gateway_proc, proxy_proc):
+            proc.terminate()
+        for proc in (gateway_proc, proxy_proc):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        asyncio.run(drop_database(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
