@@ -32,6 +32,10 @@ from shared.events import (
 
 log = logging.getLogger(__name__)
 
+# Uploads started through the Companion routes (`/s3`) declare no size: Uppy never
+# sends one. Storage enforces the profile's byte range; the landed size is recorded.
+UNDECLARED_SIZE = 0
+
 
 @dataclass(frozen=True, slots=True)
 class Move:
@@ -47,6 +51,9 @@ def move_for(event: AnyEvent, upload: store.Upload) -> Move:
     """The transition an event stands for (pure; the state machine decides if it applies)."""
     match event:
         case ObjectCreated():
+            landed = {"size": event.size, "etag": event.etag, "via": event.source}
+            if upload.size == UNDECLARED_SIZE:
+                return Move(Status.UPLOADED, "recorder", landed, {"size": event.size})
             if event.size != upload.size:
                 reason = f"size mismatch: declared {upload.size} bytes, stored {event.size}"
                 return Move(
@@ -55,12 +62,7 @@ def move_for(event: AnyEvent, upload: store.Upload) -> Move:
                     {"code": "size_mismatch", "declared": upload.size, "actual": event.size},
                     {"reason": reason},
                 )
-            return Move(
-                Status.UPLOADED,
-                "recorder",
-                {"size": event.size, "etag": event.etag, "via": event.source},
-                {},
-            )
+            return Move(Status.UPLOADED, "recorder", landed, {})
         case ScanStarted():
             return Move(Status.SCANNING, "scanner", {}, {})
         case ScanClean():
@@ -80,14 +82,19 @@ def move_for(event: AnyEvent, upload: store.Upload) -> Move:
         case ProcessingStarted():
             return Move(Status.PROCESSING, "processor", {}, {})
         case ProcessingDone():
+            updates: dict[str, Any] = {
+                "detected": event.metadata,
+                "thumbnails": [t.model_dump(mode="json") for t in event.thumbnails],
+            }
+            # The recorder may see scan.started before object.created (both in flight
+            # at once), skipping `uploaded`; the processor's measured size fills it then.
+            if upload.size == UNDECLARED_SIZE and isinstance(event.metadata.get("size"), int):
+                updates["size"] = event.metadata["size"]
             return Move(
                 Status.READY,
                 "processor",
                 {"duration_ms": event.duration_ms, "thumbnails": len(event.thumbnails)},
-                {
-                    "detected": event.metadata,
-                    "thumbnails": [t.model_dump(mode="json") for t in event.thumbnails],
-                },
+                updates,
             )
         case ProcessingRejected():
             return Move(
