@@ -82,7 +82,7 @@ class Uploads:
 
     async def wait_final(self, upload_id: str) -> dict[str, Any]:
         """Follow the SSE stream until it closes at a final state; return the record."""
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(90):  # generous: CI machines are small and noisy
             events = await self.events(upload_id)
         assert events, "the stream closed without any event"
         assert events[-1]["status"] in FINAL, events

@@ -34,6 +34,9 @@ async def broker_context(app: web.Application) -> AsyncIterator[None]:
             recorder_queue(settings),
             StatusRecorder(app[POOL], app[METRICS]),
             metrics=ConsumerMetrics(app[METRICS].registry),
+            # One at a time, in queue order: `object.created` is recorded before the
+            # scanner's `scan.started` that follows it, so timelines never skip a stage.
+            prefetch=1,
         )
         await recorder.start()
         try:

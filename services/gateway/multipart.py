@@ -33,6 +33,7 @@ from shared.s3 import is_not_found
 log = logging.getLogger(__name__)
 
 LIST_PAGE = 1000  # S3's own maximum per ListParts call
+COMPANION_ONLY = "this upload was started through the Uppy routes (/s3); continue it there"
 
 
 def part_length(upload: store.Upload, part_number: int) -> int:
@@ -102,6 +103,8 @@ class MultipartView(BaseView):
         upload = await self.load()
         if upload.multipart_upload_id is None:
             raise Conflict("this is a single-PUT upload; it has no parts")
+        if upload.part_count is None:
+            raise Conflict(COMPANION_ONLY)
         return upload
 
 
@@ -175,7 +178,8 @@ async def complete_multipart(
 ) -> web.Response:
     """Check the client's part list against storage, complete, and record the landing."""
     app = request.app
-    assert upload.part_count is not None
+    if upload.part_count is None:
+        raise Conflict(COMPANION_ONLY)
     if not parts:
         raise ValidationFailed(
             "a multipart upload completes with its parts",

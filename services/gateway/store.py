@@ -237,7 +237,14 @@ async def transition(
 
     `updates` sets extra columns (e.g. detected, thumbnails, reason) with the move.
     """
-    allowed_columns = {"detected", "thumbnails", "reason", "multipart_upload_id", "expires_at"}
+    allowed_columns = {
+        "detected",
+        "thumbnails",
+        "reason",
+        "multipart_upload_id",
+        "expires_at",
+        "size",  # uploads that declared none (Uppy's POST policy) get the landed size
+    }
     updates = updates or {}
     if not set(updates) <= allowed_columns:
         raise ValueError(f"cannot update {set(updates) - allowed_columns}")
