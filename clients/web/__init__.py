@@ -1,0 +1,1 @@
+"""The browser uploader (`clearance-upload.js`) and the demo page the gateway serves."""
