@@ -35,9 +35,9 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import boto3
@@ -48,6 +48,7 @@ from clients.cli.gateway import Gateway
 from clients.cli.transfer import FileUpload, TransferContext
 from services.gateway.auth import mint_token
 from services.stack.apps import settings_environment
+from services.stack.processes import listening_pid
 from shared.db import migrate
 from shared.s3 import s3_client
 from shared.settings import MiB, Settings
@@ -57,7 +58,6 @@ PROXY_PORT = 18291
 BENCH_DB = "clearance_bench_upload"
 PREFIX = "bench-upload"
 PROXY_PART = 8 * MiB
-PROXY_IN_FLIGHT = 4
 SAMPLE_SECONDS = 0.02
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -109,7 +109,7 @@ def make_file(directory: str, size: int) -> str:
     return path
 
 
-# -- memory of a process ------------------------------------------------------
+# -- what a transfer costs: wall time, CPU of each process, peak memory -------
 
 
 def rss_bytes(pid: int) -> int:
@@ -120,28 +120,55 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
-class PeakRss:
-    """Samples a process's resident set in a thread while a transfer runs."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.before = rss_bytes(pid)
-        self.peak = self.before
+
+@dataclass
+class Cost:
+    seconds: float
+    cpu: dict[str, float]  # CPU seconds per process
+    rss_before: dict[str, int]
+    rss_peak: dict[str, int]
+
+
+class Meter:
+    """Measures one transfer: wall time, CPU per process, resident memory sampled
+    from /proc every 20 ms in a thread (peak vs before)."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self.cost = Cost(0.0, {}, {}, {})
 
-    def _run(self) -> None:
+    def _sample(self) -> None:
         while not self._stop.wait(SAMPLE_SECONDS):
-            self.peak = max(self.peak, rss_bytes(self.pid))
+            self._peak()
 
-    def __enter__(self) -> PeakRss:
+    def _peak(self) -> None:
+        for name, pid in self.pids.items():
+            self.cost.rss_peak[name] = max(self.cost.rss_peak[name], rss_bytes(pid))
+
+    def __enter__(self) -> Meter:
+        self.cost.rss_before = {name: rss_bytes(pid) for name, pid in self.pids.items()}
+        self.cost.rss_peak = dict(self.cost.rss_before)
+        self._cpu = {name: cpu_seconds(pid) for name, pid in self.pids.items()}
         self._thread.start()
+        self._started = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self.cost.seconds = time.perf_counter() - self._started
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, rss_bytes(self.pid))
+        self._peak()
+        self.cost.cpu = {
+            name: cpu_seconds(pid) - self._cpu[name] for name, pid in self.pids.items()
+        }
 
 
 # -- the proxy baseline -------------------------------------------------------
@@ -162,7 +189,7 @@ def proxy_app(settings: Settings) -> web.Application:
             Bucket=settings.bucket, Key=key, ServerSideEncryption="AES256"
         )
         upload_id = created["UploadId"]
-        slots = asyncio.Semaphore(PROXY_IN_FLIGHT)
+        slots = asyncio.Semaphore(int(request.query.get("in_flight", "1")))
         etags: dict[int, str] = {}
 
         async def send(number: int, body: bytes) -> None:
@@ -216,8 +243,8 @@ def serve_proxy() -> int:
 
 
 async def via_clearance(
-    http: ClientSession, gateway: str, token: str, path: str, parallel: int
-) -> str:
+    http: ClientSession, gateway: str, token: str, path: str, parallel: int, ids: list[str]
+) -> None:
     ctx = TransferContext(
         http=http,
         gateway=Gateway(http, gateway, token),
@@ -227,7 +254,7 @@ async def via_clearance(
     )
     result = await FileUpload(ctx, path, content_type="video/mp4", profile="media").run()
     assert result.status == "uploaded", result
-    return result.upload_id
+    ids.append(result.upload_id)
 
 
 def via_boto3(settings: Settings, path: str, key: str) -> None:
@@ -247,7 +274,7 @@ def via_boto3(settings: Settings, path: str, key: str) -> None:
     )
 
 
-async def via_proxy(http: ClientSession, path: str, key: str) -> None:
+async def via_proxy(http: ClientSession, path: str, key: str, in_flight: int) -> None:
     size = await asyncio.to_thread(os.path.getsize, path)
 
     async def body() -> AsyncIterator[bytes]:
@@ -259,7 +286,7 @@ async def via_proxy(http: ClientSession, path: str, key: str) -> None:
             os.close(fd)
 
     async with http.put(
-        f"http://127.0.0.1:{PROXY_PORT}/{key}",
+        f"http://127.0.0.1:{PROXY_PORT}/{key}?in_flight={in_flight}",
         data=body(),
         headers={"Content-Length": str(size)},
         timeout=ClientTimeout(total=600),
@@ -280,11 +307,12 @@ async def wait_http(http: ClientSession, url: str, deadline: float) -> None:
         await asyncio.sleep(0.1)
 
 
-async def timed(action: Awaitable[Any]) -> float:
-    """Seconds `action` (a coroutine not started yet) takes to finish."""
-    started = time.perf_counter()
-    await action
-    return time.perf_counter() - started
+WAYS = {
+    "clearance": "clearance CLI, direct to storage",
+    "boto3": "boto3 upload_file (TransferManager defaults)",
+    "proxy": "naive proxy (streams the body, one part at a time)",
+    "proxy4": "pipelined proxy (4 parts in flight)",
+}
 
 
 async def run(
@@ -296,9 +324,11 @@ async def run(
     size = args.size_mib * MiB
     gateway = settings.public_url
     token = mint_token(settings, "bench-upload", ttl_seconds=3600)
-    times: dict[str, list[float]] = {"clearance": [], "boto3": [], "proxy": []}
-    gateway_rss: list[PeakRss] = []
-    proxy_rss: list[PeakRss] = []
+    pids = {"client": os.getpid(), "gateway": gateway_proc.pid, "proxy": proxy_proc.pid}
+    storage_pid = await asyncio.to_thread(listening_pid, settings.weed_s3_port)
+    if storage_pid is not None:
+        pids["storage"] = storage_pid
+    costs: dict[str, list[Cost]] = {name: [] for name in WAYS}
     with tempfile.TemporaryDirectory(prefix="clearance-bench-") as tmp:
         path = await asyncio.to_thread(make_file, tmp, size)
         connector = TCPConnector(limit=args.parallel * 2 + 8, limit_per_host=0)
@@ -307,30 +337,33 @@ async def run(
             await wait_http(http, f"{gateway}/readyz", deadline)
             await wait_http(http, f"http://127.0.0.1:{PROXY_PORT}/", deadline)
             api = Gateway(http, gateway, token)
+
+            async def send(way: str, key: str) -> str:
+                """Send the file one way; the key it was stored under."""
+                if way == "clearance":
+                    ids: list[str] = []
+                    await via_clearance(http, gateway, token, path, args.parallel, ids)
+                    return str((await api.get(ids[0]))["key"])
+                if way == "boto3":
+                    await asyncio.to_thread(via_boto3, settings, path, key)
+                else:
+                    await via_proxy(http, path, key, 4 if way == "proxy4" else 1)
+                return key
+
             print(
-                f"uploading a {args.size_mib} MiB file {args.rounds}× each way "
-                f"(local SeaweedFS, {os.cpu_count()} CPUs)…",
+                f"uploading a {args.size_mib} MiB file {args.rounds}× each way, order rotating "
+                f"(local SeaweedFS, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f})…",
                 flush=True,
             )
+            names = list(WAYS)
             for round_number in range(args.rounds):
+                shift = round_number % len(names)
                 stored: list[str] = []
                 try:
-                    with PeakRss(gateway_proc.pid) as rss:
-                        started = time.perf_counter()
-                        upload_id = await via_clearance(http, gateway, token, path, args.parallel)
-                        times["clearance"].append(time.perf_counter() - started)
-                    gateway_rss.append(rss)
-                    stored.append(str((await api.get(upload_id))["key"]))
-                    key = f"{PREFIX}/boto3-{uuid.uuid4().hex}"
-                    stored.append(key)
-                    times["boto3"].append(
-                        await timed(asyncio.to_thread(via_boto3, settings, path, key))
-                    )
-                    key = f"{PREFIX}/proxy-{uuid.uuid4().hex}"
-                    stored.append(key)
-                    with PeakRss(proxy_proc.pid) as rss:
-                        times["proxy"].append(await timed(via_proxy(http, path, key)))
-                    proxy_rss.append(rss)
+                    for way in names[shift:] + names[:shift]:
+                        with Meter(pids) as meter:
+                            stored.append(await send(way, f"{PREFIX}/{way}-{uuid.uuid4().hex}"))
+                        costs[way].append(meter.cost)
                 finally:
                     # Keep the disk from filling: nothing stored here is needed afterwards.
                     await s3.delete_objects(
@@ -339,39 +372,45 @@ async def run(
                     )
                 print(
                     f"  round {round_number + 1}: "
-                    + "  ".join(f"{k} {size / v[-1] / 1e6:6.1f} MB/s" for k, v in times.items()),
+                    + "  ".join(f"{w} {size / c[-1].seconds / 1e6:.1f}" for w, c in costs.items())
+                    + " MB/s",
                     flush=True,
                 )
-
-    speed = {k: size / statistics.median(v) / 1e6 for k, v in times.items()}
-    print()
-    print(f"{args.size_mib} MiB, median of {args.rounds} rounds:")
-    labels = {
-        "clearance": f"clearance CLI, direct to storage ({args.parallel} parts in flight)",
-        "boto3": "boto3 upload_file (TransferManager defaults)",
-        "proxy": "proxy through an aiohttp server",
-    }
-    for name, label in labels.items():
-        print(f"  {label:<52} {speed[name]:7.1f} MB/s")
-    to_boto3 = speed["clearance"] / speed["boto3"]
-    to_proxy = speed["clearance"] / speed["proxy"]
-    print(
-        f"  clearance / boto3 = {to_boto3:.2f} (goal ≥ 0.95)   "
-        f"clearance / proxy = {to_proxy:.2f}× (goal ≥ 2)"
-    )
-    g_before = gateway_rss[0].before
-    g_peak = max(r.peak for r in gateway_rss)
-    p_before = proxy_rss[0].before
-    p_peak = max(r.peak for r in proxy_rss)
-    print(
-        f"  gateway RSS: {g_before / MiB:.1f} MiB before, {g_peak / MiB:.1f} MiB at peak "
-        f"during the direct uploads ({(g_peak - g_before) / MiB:+.1f} MiB; goal: flat)"
-    )
-    print(
-        f"  proxy RSS:   {p_before / MiB:.1f} MiB before, {p_peak / MiB:.1f} MiB at peak "
-        f"({(p_peak - p_before) / MiB:+.1f} MiB: every byte passes through it)"
-    )
+    report(args, size, costs)
     return 0
+
+
+def report(args: argparse.Namespace, size: int, costs: dict[str, list[Cost]]) -> None:
+    speed = {w: size / statistics.median(c.seconds for c in cs) / 1e6 for w, cs in costs.items()}
+    gib = size / 1024**3
+
+    def cpu(way: str, process: str) -> float:
+        return statistics.median(c.cpu.get(process, 0.0) for c in costs[way]) / gib
+
+    print()
+    print(f"{args.size_mib} MiB, median of {args.rounds} rounds (CPU: seconds per GiB sent)")
+    print(f"  {'':<52} {'MB/s':>7}   {'client':>6} {'proxy':>6} {'gatew.':>6} {'storage':>7}")
+    for way, label in WAYS.items():
+        if way == "clearance":
+            label = f"{label} ({args.parallel} parts in flight)"
+        print(
+            f"  {label:<52} {speed[way]:7.1f}   {cpu(way, 'client'):6.2f} {cpu(way, 'proxy'):6.2f}"
+            f" {cpu(way, 'gateway'):6.2f} {cpu(way, 'storage'):7.2f}"
+        )
+    print(
+        f"  clearance / boto3 = {speed['clearance'] / speed['boto3']:.2f} (goal ≥ 0.95)   "
+        f"clearance / naive proxy = {speed['clearance'] / speed['proxy']:.2f}× (goal ≥ 2)   "
+        f"clearance / pipelined proxy = {speed['clearance'] / speed['proxy4']:.2f}×"
+    )
+    before = statistics.median(c.rss_before["gateway"] for c in costs["clearance"])
+    peak = max(c.rss_peak["gateway"] - c.rss_before["gateway"] for c in costs["clearance"])
+    print(
+        f"  gateway RSS: {before / MiB:.1f} MiB before a direct upload, at most "
+        f"{peak / MiB:+.1f} MiB during one (goal: flat; it never touches the bytes)"
+    )
+    for way in ("proxy", "proxy4"):
+        grew = max(c.rss_peak["proxy"] - c.rss_before["proxy"] for c in costs[way])
+        print(f"  proxy RSS during the {way} uploads: up to {grew / MiB:+.1f} MiB")
 
 
 def main(argv: list[str] | None = None) -> int:

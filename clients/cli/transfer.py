@@ -176,6 +176,13 @@ class _CountingPayload(Payload):
     async def write(self, writer: AbstractStreamWriter) -> None:
         await self.write_with_length(writer, None)
 
+    def _begin(self) -> None:
+        # One payload per try: a consumed payload stops aiohttp from silently sending it
+        # again on a reused connection, so every retry is ours, counted and backed off.
+        if self._consumed:
+            raise RuntimeError("a part payload is sent once; build a new one to retry")
+        self._consumed = True
+
     async def _send(self, writer: AbstractStreamWriter, chunk: memoryview | bytes) -> None:
         if self._limiter is not None:
             await self._limiter.acquire(len(chunk))
@@ -197,6 +204,7 @@ class PartPayload(_CountingPayload):
     async def write_with_length(
         self, writer: AbstractStreamWriter, content_length: int | None
     ) -> None:
+        self._begin()
         end = len(self._view) if content_length is None else min(content_length, len(self._view))
         for start in range(0, end, WRITE_CHUNK):
             await self._send(writer, self._view[start : min(end, start + WRITE_CHUNK)])
@@ -214,6 +222,7 @@ class FilePayload(_CountingPayload):
     async def write_with_length(
         self, writer: AbstractStreamWriter, content_length: int | None
     ) -> None:
+        self._begin()
         size = self.length if content_length is None else min(content_length, self.length)
 
         def read(offset: int) -> asyncio.Future[bytes]:
@@ -295,6 +304,7 @@ class SendResult:
     sent_parts: list[int] = field(default_factory=list)
     reused_parts: list[int] = field(default_factory=list)
     bytes_sent: int = 0
+    retries: int = 0  # failed tries of a PUT that were tried again
     resumed: bool = False
     seconds: float = 0.0
 
@@ -311,6 +321,7 @@ class SendResult:
             "sent_parts": sorted(self.sent_parts),
             "reused_parts": sorted(self.reused_parts),
             "bytes_sent": self.bytes_sent,
+            "retries": self.retries,
             "resumed": self.resumed,
             "seconds": round(self.seconds, 3),
         }
@@ -605,6 +616,7 @@ class FileUpload:
                         raise StorageRefused(f"{self.filename}: {last}")
                 if attempt == retry.attempts:
                     raise GaveUp(f"{self.filename}: sending failed {attempt} times; last: {last}")
+                result.retries += 1
                 await asyncio.sleep(retry.delay(attempt))
         await self._check_unchanged(source, result)
         self._stage("completing")
@@ -693,10 +705,12 @@ class FileUpload:
                 resigns += 1
                 renew = True
                 signer.forget(part.number)
+                result.retries += 1
                 continue
             if status and not (is_retryable_status(status) or code in _DAMAGED):
                 raise StorageRefused(f"part {part.number}: {last}")
             if attempt < retry.attempts:
+                result.retries += 1
                 await asyncio.sleep(retry.delay(attempt))
         raise GaveUp(f"part {part.number} failed {retry.attempts} times; last: {last}")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -21,6 +22,7 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession
+from aiohttp.test_utils import TestServer
 
 from clients.cli.resume import StateStore, UploadState, identify
 from clients.cli.upload import (
@@ -32,6 +34,7 @@ from clients.cli.upload import (
     upload_files,
     watch_command,
 )
+from services.gateway.app import create_app
 from services.stack.apps import settings_environment
 from shared.settings import MiB, Settings
 from tests.support import make_jpeg
@@ -288,3 +291,82 @@ async def test_a_killed_upload_resumes_and_sends_only_the_missing_parts(
         record = await resp.json()
     assert record["detected"]["sha256"] == digest
     assert not list(cli.state_dir.glob("*.json"))
+
+
+class CuttingProxy:
+    """Forwards TCP to storage and cuts the first connection that carries `cut_after`
+    request bytes: a network failure in the middle of one part."""
+
+    def __init__(self, port: int, cut_after: int) -> None:
+        self.port, self.cut_after = port, cut_after
+        self.cuts = 0
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
+        pipes = [self._pipe(reader, up_writer, writer), self._pipe(up_reader, writer, up_writer)]
+        for pipe in pipes:
+            task = asyncio.create_task(pipe)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, sink: asyncio.StreamWriter, other: asyncio.StreamWriter
+    ) -> None:
+        carried = 0
+        upstream = sink.get_extra_info("peername")[1] == self.port
+        with contextlib.suppress(ConnectionError):
+            while data := await reader.read(65536):
+                carried += len(data)
+                if upstream and self.cuts == 0 and carried > self.cut_after:
+                    self.cuts += 1
+                    break
+                sink.write(data)
+                await sink.drain()
+        sink.transport.abort()
+        other.transport.abort()
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def test_a_part_cut_off_mid_way_is_retried_alone(
+    settings: Settings,
+    gateway: str,
+    token: Callable[..., str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    proxy = CuttingProxy(settings.weed_s3_port, cut_after=3 * MiB)
+    # A gateway that signs URLs for the proxy (the signed host is what the client dials).
+    proxied = settings.model_copy(update={"s3_public_endpoint_url": await proxy.start()})
+    server = TestServer(create_app(proxied, with_broker=False, with_reconciler=False))
+    await server.start_server()
+    try:
+        size = 101 * MiB  # 13 parts, the last one 5 MiB
+        path = tmp_path / "clip.mp4"
+        path.write_bytes(MP4_HEADER + os.urandom(size - len(MP4_HEADER)))
+        cli = Cli(str(server.make_url("")).rstrip("/"), token(), tmp_path / "state")
+        code = await cli.upload(str(path), "--json")
+        out, err = capsys.readouterr()
+    finally:
+        await server.close()
+        await proxy.close()
+    assert code == ExitCode.OK, out + err
+    assert proxy.cuts == 1
+    [result] = json_lines(out)
+    assert result["status"] == "uploaded"
+    assert result["retries"] == 1
+    # Every part was stored exactly once; only the cut part's bytes went twice.
+    assert result["sent_parts"] == list(range(1, 14))
+    assert size < result["bytes_sent"] <= size + 8 * MiB
