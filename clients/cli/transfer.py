@@ -397,13 +397,28 @@ class PartSigner:
         self._wanted.clear()
 
 
-def _read_part(fd: int, part: Part, *, md5: bool) -> tuple[bytes, str, str | None]:
-    """(bytes, base64 SHA-256, hex MD5 if asked) of one part; runs in a thread."""
+def _read_part(fd: int, part: Part) -> bytes:
+    """One part's bytes; runs in a thread."""
     data = os.pread(fd, part.size, part.offset)
     if len(data) != part.size:
         raise FileChanged("the file got shorter while it was being sent")
-    checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
-    return data, checksum, hashlib.md5(data, usedforsecurity=False).hexdigest() if md5 else None
+    return data
+
+
+def _sha256_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def _read_and_hash(fd: int, part: Part) -> tuple[bytes, str]:
+    """(bytes, base64 SHA-256) of one part; runs in a thread (hashlib releases the GIL)."""
+    data = _read_part(fd, part)
+    return data, _sha256_b64(data)
+
+
+def _read_and_md5(fd: int, part: Part) -> tuple[bytes, str]:
+    """(bytes, hex MD5: the ETag storage gives a part) of one part; runs in a thread."""
+    data = _read_part(fd, part)
+    return data, hashlib.md5(data, usedforsecurity=False).hexdigest()
 
 
 def _file_sha256(fd: int, size: int) -> str:
@@ -438,6 +453,7 @@ class FileUpload:
         self.profile = profile
         self.filename = filename or os.path.basename(path)
         self.progress = progress
+        self._identity: FileIdentity | None = None
 
     def _advance(self, n: int) -> None:
         if self.progress is not None:
@@ -448,8 +464,9 @@ class FileUpload:
             self.progress.stage = stage
 
     async def run(self) -> SendResult:
+        """Send the file (continuing a previous run's upload when there is one)."""
         started = time.monotonic()
-        identity = await asyncio.to_thread(identify, self.path)
+        identity = self._identity = await asyncio.to_thread(identify, self.path)
         source = SharedFile(identity.path)
         try:
             result = await self._resume(identity, source)
@@ -618,7 +635,7 @@ class FileUpload:
                     raise GaveUp(f"{self.filename}: sending failed {attempt} times; last: {last}")
                 result.retries += 1
                 await asyncio.sleep(retry.delay(attempt))
-        await self._check_unchanged(source, result)
+        await self._check_unchanged(source)
         self._stage("completing")
         done = await self._complete(result.upload_id, None)
         result.status = str(done.get("status", "uploaded"))
@@ -655,7 +672,7 @@ class FileUpload:
             raise _first_cause(group_error) from None
         finally:
             await signer.close()
-        await self._check_unchanged(source, result)
+        await self._check_unchanged(source)
         self._stage("completing")
         done = await self._complete(result.upload_id, sorted(etags.items()))
         result.status = str(done.get("status", "uploaded"))
@@ -668,14 +685,17 @@ class FileUpload:
         stored: StoredPart | None,
         signer: PartSigner,
     ) -> str:
-        data, checksum, md5 = await source.read(
-            lambda fd: _read_part(fd, part, md5=stored is not None)
-        )
-        if stored is not None and stored.size == part.size and stored.etag == md5:
-            result.reused_parts.append(part.number)
-            if self.progress is not None:
-                self.progress.skip(part.size)
-            return stored.etag
+        if stored is not None and stored.size == part.size:
+            # Storage holds this part: keep it if it is these very bytes.
+            data, md5 = await source.read(lambda fd: _read_and_md5(fd, part))
+            if stored.etag == md5:
+                result.reused_parts.append(part.number)
+                if self.progress is not None:
+                    self.progress.skip(part.size)
+                return stored.etag
+            checksum = await asyncio.to_thread(_sha256_b64, data)
+        else:
+            data, checksum = await source.read(lambda fd: _read_and_hash(fd, part))
         self._stage("sending")
         retry = self.ctx.retry
         renew = False
@@ -721,10 +741,13 @@ class FileUpload:
     ) -> dict[str, Any]:
         return await self.ctx.gateway.complete(upload_id, parts)
 
-    async def _check_unchanged(self, source: SharedFile, result: SendResult) -> None:
+    async def _check_unchanged(self, source: SharedFile) -> None:
+        """Refuse to complete an upload whose file was written to while it was sent."""
+        identity = self._identity
+        assert identity is not None
         st = await source.read(os.fstat)
-        if st.st_size != result.size:
-            raise FileChanged(f"{self.filename} changed size while it was being sent")
+        if st.st_size != identity.size or st.st_mtime_ns != identity.mtime_ns:
+            raise FileChanged(f"{self.filename} changed while it was being sent; send it again")
 
 
 # Declaring a file this small with its SHA-256 costs one quick read; larger files go
