@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
+from clients.cli.upload import add_commands as add_upload_commands
 from shared.settings import Settings
 
 
@@ -179,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("subject")
     p.add_argument("--ttl", type=int, default=3600, help="seconds; negative mints an expired token")
     p.set_defaults(func=cmd_token)
+
+    add_upload_commands(sub)
 
     p = sub.add_parser("migrate", help="create the database if needed and apply migrations")
     p.add_argument("--target", type=int, default=None, help="migrate up or down to this version")
