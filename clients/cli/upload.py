@@ -592,19 +592,3 @@ async def watch_command(args: argparse.Namespace, target: Target) -> int:
 
 cmd_status = _command(status_command)
 cmd_watch = _command(watch_command)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m clients.cli.upload upload|status|watch …` (the same as `clearance …`)."""
-    parser = argparse.ArgumentParser(prog="clearance")
-    add_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
-    args = parser.parse_args(argv)
-    try:
-        code: int = args.func(args)
-    except KeyboardInterrupt:
-        return 130
-    return code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

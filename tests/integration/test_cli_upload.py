@@ -208,7 +208,7 @@ async def run_cli(*argv: str, env: dict[str, str]) -> asyncio.subprocess.Process
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "clients.cli.upload",
+        "clients.cli",
         "upload",
         *argv,
         cwd=ROOT,
