@@ -293,13 +293,15 @@ async def test_a_killed_upload_resumes_and_sends_only_the_missing_parts(
     assert not list(cli.state_dir.glob("*.json"))
 
 
-class CuttingProxy:
-    """Forwards TCP to storage and cuts the first connection that carries `cut_after`
-    request bytes: a network failure in the middle of one part."""
+class StorageProxy:
+    """Forwards TCP to storage, with one fault: it cuts the first connection that
+    carries `cut_after` request bytes (a network failure in the middle of a part), or
+    holds the first connection for `hold_first` seconds (a URL expires on the way)."""
 
-    def __init__(self, port: int, cut_after: int) -> None:
-        self.port, self.cut_after = port, cut_after
+    def __init__(self, port: int, *, cut_after: int | None = None, hold_first: float = 0.0) -> None:
+        self.port, self.cut_after, self.hold_first = port, cut_after, hold_first
         self.cuts = 0
+        self.connections = 0
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -308,6 +310,9 @@ class CuttingProxy:
         return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        if self.connections == 1 and self.hold_first:
+            await asyncio.sleep(self.hold_first)
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.port)
         pipes = [self._pipe(reader, up_writer, writer), self._pipe(up_reader, writer, up_writer)]
         for pipe in pipes:
@@ -323,7 +328,8 @@ class CuttingProxy:
         with contextlib.suppress(ConnectionError):
             while data := await reader.read(65536):
                 carried += len(data)
-                if upstream and self.cuts == 0 and carried > self.cut_after:
+                cut = self.cut_after is not None and carried > self.cut_after
+                if upstream and cut and self.cuts == 0:
                     self.cuts += 1
                     break
                 sink.write(data)
@@ -340,28 +346,35 @@ class CuttingProxy:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
+async def upload_through(
+    proxy: StorageProxy, settings: Settings, token: str, tmp_path: Path, **changes: Any
+) -> int:
+    """Upload a 101 MiB file (13 parts) through a gateway that signs URLs for `proxy`
+    (the signed host is the one the client dials)."""
+    changes["s3_public_endpoint_url"] = await proxy.start()
+    server = TestServer(
+        create_app(settings.model_copy(update=changes), with_broker=False, with_reconciler=False)
+    )
+    await server.start_server()
+    try:
+        path = tmp_path / "clip.mp4"
+        path.write_bytes(MP4_HEADER + os.urandom(101 * MiB - len(MP4_HEADER)))
+        cli = Cli(str(server.make_url("")).rstrip("/"), token, tmp_path / "state")
+        return await cli.upload(str(path), "--json")
+    finally:
+        await server.close()
+        await proxy.close()
+
+
 async def test_a_part_cut_off_mid_way_is_retried_alone(
     settings: Settings,
-    gateway: str,
     token: Callable[..., str],
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    proxy = CuttingProxy(settings.weed_s3_port, cut_after=3 * MiB)
-    # A gateway that signs URLs for the proxy (the signed host is what the client dials).
-    proxied = settings.model_copy(update={"s3_public_endpoint_url": await proxy.start()})
-    server = TestServer(create_app(proxied, with_broker=False, with_reconciler=False))
-    await server.start_server()
-    try:
-        size = 101 * MiB  # 13 parts, the last one 5 MiB
-        path = tmp_path / "clip.mp4"
-        path.write_bytes(MP4_HEADER + os.urandom(size - len(MP4_HEADER)))
-        cli = Cli(str(server.make_url("")).rstrip("/"), token(), tmp_path / "state")
-        code = await cli.upload(str(path), "--json")
-        out, err = capsys.readouterr()
-    finally:
-        await server.close()
-        await proxy.close()
+    proxy = StorageProxy(settings.weed_s3_port, cut_after=3 * MiB)
+    code = await upload_through(proxy, settings, token(), tmp_path)
+    out, err = capsys.readouterr()
     assert code == ExitCode.OK, out + err
     assert proxy.cuts == 1
     [result] = json_lines(out)
@@ -369,4 +382,21 @@ async def test_a_part_cut_off_mid_way_is_retried_alone(
     assert result["retries"] == 1
     # Every part was stored exactly once; only the cut part's bytes went twice.
     assert result["sent_parts"] == list(range(1, 14))
-    assert size < result["bytes_sent"] <= size + 8 * MiB
+    assert 101 * MiB < result["bytes_sent"] <= 109 * MiB
+
+
+async def test_a_part_whose_url_expired_on_the_way_gets_a_fresh_one(
+    settings: Settings,
+    token: Callable[..., str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # URLs live 2 s and the first connection reaches storage 3 s late: storage says 403.
+    proxy = StorageProxy(settings.weed_s3_port, hold_first=3.0)
+    code = await upload_through(proxy, settings, token(), tmp_path, presign_ttl_seconds=2)
+    out, err = capsys.readouterr()
+    assert code == ExitCode.OK, out + err
+    [result] = json_lines(out)
+    assert result["status"] == "uploaded"
+    assert result["retries"] == 1
+    assert result["sent_parts"] == list(range(1, 14))
