@@ -1,26 +1,29 @@
-"""Large-file upload throughput: the CLI's direct multipart vs boto3 vs a proxy server.
+"""Large-file upload throughput: the CLI's direct multipart vs boto3 vs proxy servers.
 
 Run with the local stack up (`clearance stack up --infra-only`):
 
     .venv/bin/python bench/upload.py [--size-mib 512] [--rounds 3] [--parallel 4]
 
 In one run, against the same local SeaweedFS, it sends the same file (an MP4
-header + random bytes, in the page cache) three ways, interleaved round by round:
+header + random bytes, in the page cache) four ways, the order rotating each round:
 
 - **clearance**: the CLI's transfer code, in this process, through a real gateway
-  (a subprocess of its own on port 18290, its own database and queues): declare,
-  parts signed in batches with their SHA-256, sent straight to storage, complete;
+  (a subprocess on port 18290 with its own database and queues): declare, parts
+  read in threads, signed in batches with their SHA-256, sent straight to storage
+  in parallel, complete;
 - **boto3**: `upload_file` (TransferManager, default config) with SSE-S3, which
   the bucket policy requires;
 - **proxy**: the client streams the file to an aiohttp server written only for
   this benchmark (a subprocess on port 18291) that forwards the body to storage
-  as a multipart upload (aiobotocore, 8 MiB parts, up to 4 in flight).
+  as a multipart upload (aiobotocore, 8 MiB parts), one part at a time (naive)
+  and, to be fair to proxies, with 4 parts in flight (pipelined).
 
-It prints MB/s (10^6 bytes per second; median of the rounds) for each, the ratios
-(goals: clearance ≥ 95% of boto3 and ≥ 2× the proxy) and the resident memory of
-the gateway and proxy processes before and at their peak during the transfers,
-sampled from /proc every 20 ms (goal: the gateway's stays flat, since it never
-touches the bytes). Everything it stored is deleted at the end.
+It prints MB/s (10^6 bytes per second, median of the rounds), the ratios (goals:
+clearance ≥ 95% of boto3 and ≥ 2× the proxy), the CPU seconds per GiB each
+process spent (this client, the proxy, the gateway, storage: read from /proc, so
+it is fairly robust to other load on the machine) and the resident memory of the
+gateway (goal: flat, it never touches the bytes) and of the proxy, sampled from
+/proc every 20 ms during each transfer. Everything it stored is deleted afterwards.
 """
 
 from __future__ import annotations
