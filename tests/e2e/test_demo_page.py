@@ -22,10 +22,12 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from aiohttp import ClientSession
 from PIL import Image
-from playwright.async_api import Locator, Page, Request, Route, expect
+from playwright.async_api import FileChooser, Locator, Page, Request, Route, expect
 
 from services.gateway.auth import mint_token
 from shared.settings import MiB, Settings
+from tests.e2e.conftest import StorageLink
+from tests.support import make_jpeg
 
 pytestmark = pytest.mark.integration
 
@@ -194,21 +196,23 @@ async def test_failed_parts_are_retried_and_the_bar_never_goes_back(
     workers: None,
     big_mp4: Path,
     owner_token: str,
+    link: StorageLink,
     cleanup: Callable[..., None],
 ) -> None:
-    flaky = {2, 5, 9}  # the first attempt of each is cut
+    refused = {5}  # the first attempt fails before any byte is sent
+    link.break_next = {2, 9}  # the first attempt breaks half-way, after progress was shown
     attempts: Counter[int] = Counter()
 
-    async def cut_first_attempts(route: Route) -> None:
+    async def refuse_first_attempts(route: Route) -> None:
         n = part_number(route.request.url)
         if route.request.method == "PUT" and n is not None:
             attempts[n] += 1
-            if n in flaky and attempts[n] == 1:
+            if n in refused and attempts[n] == 1:
                 await route.abort("connectionreset")
                 return
         await route.continue_()
 
-    await page.route(lambda url: part_number(url) is not None, cut_first_attempts)
+    await page.route(lambda url: part_number(url) is not None, refuse_first_attempts)
     await open_demo(page, owner_token)
     await page.set_input_files("#picker", big_mp4)
 
@@ -217,11 +221,14 @@ async def test_failed_parts_are_retried_and_the_bar_never_goes_back(
     cleanup(await big.get_attribute("data-upload-id"), owner_token)
     await expect(big).to_have_attribute("data-phase", "ready", timeout=PIPELINE_TIMEOUT)
 
-    assert {n for n, count in attempts.items() if count > 1} == flaky
-    assert sum(attempts.values()) == PART_COUNT + len(flaky)
+    assert sorted(link.broken) == [2, 9]
+    assert {n for n, count in attempts.items() if count > 1} == {2, 5, 9}
+    assert sum(attempts.values()) == PART_COUNT + 3
     history = await bar_history(page, "big.mp4")
     assert len(history) > PART_COUNT  # it really moved in steps
-    assert all(a <= b for a, b in itertools.pairwise(history)), history
+    assert all(a <= b for a, b in itertools.pairwise(history)), [
+        (a, b) for a, b in itertools.pairwise(history) if b < a
+    ]
     assert history[-1] == BIG_SIZE
     await expect(big.locator(".meta")).to_contain_text("video/mp4")
 
@@ -290,6 +297,190 @@ async def test_a_reload_half_way_resumes_with_only_the_missing_parts(
         "() => Object.keys(localStorage).filter((k) => k.startsWith('clearance-upload:'))"
     )
     assert remembered == []  # forgotten once completed
+
+
+@pytest.mark.timeout(180)
+async def test_pause_then_resume_sends_every_part_exactly_once(
+    page: Page,
+    workers: None,
+    big_mp4: Path,
+    owner_token: str,
+    cleanup: Callable[..., None],
+) -> None:
+    keep = 3
+    holding = True
+    stored: Counter[int] = Counter()
+    landed = asyncio.Event()
+
+    async def on_finished(request: Request) -> None:
+        response = await request.response()
+        if is_part_put(request) and response is not None and response.status == 200:
+            n = part_number(request.url)
+            assert n is not None
+            stored[n] += 1
+            if len(stored) >= keep:
+                landed.set()
+
+    async def hold_late_parts(route: Route) -> None:
+        n = part_number(route.request.url)
+        if holding and route.request.method == "PUT" and n is not None and n > keep:
+            await route.abort("connectionreset")
+            return
+        await route.continue_()
+
+    page.on("requestfinished", on_finished)
+    await page.route(lambda url: part_number(url) is not None, hold_late_parts)
+    await open_demo(page, owner_token)
+    await page.set_input_files("#picker", big_mp4)
+    big = card(page, "big.mp4")
+    await expect(big).to_have_attribute("data-upload-id", re.compile(".+"))
+    cleanup(await big.get_attribute("data-upload-id"), owner_token)
+    async with asyncio.timeout(30):
+        await landed.wait()
+
+    await big.get_by_role("button", name="Pause").click()
+    await expect(big).to_have_attribute("data-phase", "paused")
+    holding = False
+    await big.get_by_role("button", name="Resume").click()
+    await expect(big).to_have_attribute("data-phase", "ready", timeout=PIPELINE_TIMEOUT)
+    assert stored == Counter(range(1, PART_COUNT + 1))  # each part stored once, none resent
+    history = await bar_history(page, "big.mp4")
+    assert history[-1] == BIG_SIZE
+
+
+async def test_cancel_aborts_the_upload_and_forgets_it(
+    page: Page,
+    big_mp4: Path,
+    owner_token: str,
+    http: ClientSession,
+    e2e_gateway: str,
+    cleanup: Callable[..., None],
+) -> None:
+    async def only_the_first_part(route: Route) -> None:
+        n = part_number(route.request.url)
+        if route.request.method == "PUT" and n is not None and n > 1:
+            await route.abort("connectionreset")
+            return
+        await route.continue_()
+
+    await page.route(lambda url: part_number(url) is not None, only_the_first_part)
+    await open_demo(page, owner_token)
+    await page.set_input_files("#picker", big_mp4)
+    big = card(page, "big.mp4")
+    await expect(big).to_have_attribute("data-upload-id", re.compile(".+"))
+    upload_id = await big.get_attribute("data-upload-id")
+    cleanup(upload_id, owner_token)
+    await expect(big.get_by_role("button", name="Cancel")).to_be_visible()
+    await big.get_by_role("button", name="Cancel").click()
+    await expect(big).to_have_attribute("data-phase", "cancelled")
+    await expect(big.get_by_role("button", name="Retry")).to_be_visible()
+
+    headers = {"Authorization": f"Bearer {owner_token}"}
+    record_url = f"{e2e_gateway}/v1/uploads/{upload_id}"
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:  # the DELETE is sent right after the click
+        async with http.get(record_url, headers=headers) as resp:
+            status = (await resp.json())["status"]
+        if status == "aborted" or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert status == "aborted"
+    remembered = await page.evaluate(
+        "() => Object.keys(localStorage).filter((k) => k.startsWith('clearance-upload:'))"
+    )
+    assert remembered == []
+
+
+async def test_a_dropped_status_stream_reconnects_with_last_event_id(
+    page: Page, workers: None, owner_token: str, cleanup: Callable[..., None]
+) -> None:
+    asked: list[str | None] = []
+    cut_after: list[str] = []
+
+    async def break_the_first_stream(route: Route) -> None:
+        asked.append(route.request.headers.get("last-event-id"))
+        if len(asked) > 1:
+            await route.continue_()
+            return
+        # The whole stream (it ends at the final state), cut after two events.
+        upstream = await route.fetch(timeout=PIPELINE_TIMEOUT)
+        frames = (await upstream.body()).split(b"\n\n")
+        assert frames[0].startswith(b"retry:")
+        cut_after.extend(re.findall(r"^id: (\d+)$", frames[2].decode(), re.M))
+        await route.fulfill(
+            status=200,
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"},
+            body=b"\n\n".join(frames[:3]) + b"\n\n",
+        )
+
+    await page.route("**/v1/uploads/*/events", break_the_first_stream)
+    await open_demo(page, owner_token)
+    await page.set_input_files(
+        "#picker", files=[{"name": "stream.jpg", "mimeType": "image/jpeg", "buffer": make_jpeg()}]
+    )
+    photo = card(page, "stream.jpg")
+    await expect(photo).to_have_attribute("data-upload-id", re.compile(".+"))
+    cleanup(await photo.get_attribute("data-upload-id"), owner_token)
+    await expect(photo).to_have_attribute("data-phase", "ready", timeout=PIPELINE_TIMEOUT)
+    await expect(photo.locator(".stages li.done")).to_have_count(4)
+    # Reconnected once, from the last event it had, and got the rest.
+    assert asked == [None, *cut_after]
+
+
+async def test_the_event_stream_parser_follows_the_spec(page: Page, e2e_gateway: str) -> None:
+    await open_demo(page)
+    events = await page.evaluate(
+        """async () => {
+      const { readEventStream } = await import('/static/clearance-upload.js');
+      const text = 'retry: 1500\\r\\n\\r\\n: heartbeat\\n\\nid: 7\\nevent: status\\n' +
+        'data: {"état":1}\\r\\n\\rid: 8\\ndata: line one\\ndata:line two\\n\\n' +
+        'event: ignored-without-data\\n\\ndata: unterminated';
+      const bytes = new TextEncoder().encode(text);
+      const runs = [];
+      for (const step of [1, 2, 3, 5, 7, bytes.length]) {  // split anywhere, even mid-character
+        const body = new ReadableStream({ start(c) {
+          for (let i = 0; i < bytes.length; i += step) c.enqueue(bytes.slice(i, i + step));
+          c.close();
+        } });
+        const out = [];
+        for await (const e of readEventStream(body)) out.push(e);
+        runs.push(out);
+      }
+      return runs;
+    }"""
+    )
+    expected = [
+        {"type": "status", "data": '{"état":1}', "id": "7", "retry": 1500},
+        {"type": "message", "data": "line one\nline two", "id": "8", "retry": 1500},
+    ]
+    assert events == [expected] * 6
+
+
+async def test_the_page_works_from_the_keyboard_and_announces_progress(
+    page: Page, workers: None, cleanup: Callable[..., None]
+) -> None:
+    choosers: asyncio.Queue[FileChooser] = asyncio.Queue()
+    # Listening from the start: Playwright intercepts the dialog only once told to.
+    page.on("filechooser", choosers.put_nowait)
+    await open_demo(page)
+    await page.focus("#token")
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_role("button", name="Get a dev token")).to_be_focused()
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#token")).to_have_value(re.compile(r"^ey"))
+    await page.keyboard.press("Tab")
+    await expect(page.get_by_role("button", name="Choose files…")).to_be_focused()
+    await page.keyboard.press("Enter")
+    async with asyncio.timeout(10):
+        chooser = await choosers.get()
+    await chooser.set_files(
+        files=[{"name": "keys.jpg", "mimeType": "image/jpeg", "buffer": make_jpeg()}]
+    )
+    keys = card(page, "keys.jpg")
+    await expect(keys).to_have_attribute("data-upload-id", re.compile(".+"))
+    cleanup(await keys.get_attribute("data-upload-id"), await page.input_value("#token"))
+    await expect(page.locator("#announcer")).to_have_text("keys.jpg is ready", timeout=30_000)
+    await expect(keys.get_by_role("progressbar", name="Upload of keys.jpg")).to_be_visible()
 
 
 # ---- the gateway's side of the page (no browser) -------------------------------------
