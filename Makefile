@@ -48,5 +48,6 @@ bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/presign.py
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/upload.py
 
 ci: check test
