@@ -4,8 +4,9 @@ Small files go in one presigned PUT (its SHA-256 declared up front, so storage
 verifies it). Large ones go in parts, the layout chosen by the gateway:
 
 - parts are read with `os.pread` in a thread (the event loop never waits on the
-  disk), hashed there, and held in memory only while they are sent: at most
-  `parallel` parts are in flight, across every file of the run;
+  disk), hashed there, and held in memory only until they are sent: `parallel`
+  parts in flight plus `lookahead` parts read, hashed and signed ahead (so a
+  sender never waits for a signature), across every file of the run;
 - URLs are signed in batches: parts that ask while a signing request is out are
   signed together by the next one; each URL signs its part's length and SHA-256,
   so storage refuses a corrupted part;
@@ -280,15 +281,23 @@ class TransferContext:
     gateway: Gateway
     states: StateStore | None
     parallel: int = 4
+    # Parts read, hashed and signed ahead, waiting for a sender: the next part starts
+    # the moment one finishes, with no signing round trip in between.
+    lookahead: int = 2
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     limiter: RateLimiter | None = None
     notify: Callable[[str], None] = print
-    slots: asyncio.Semaphore = field(init=False)
+    slots: asyncio.Semaphore = field(init=False)  # requests in flight to storage
+    staging: asyncio.Semaphore = field(init=False)  # parts in memory, not yet sending
 
     def __post_init__(self) -> None:
         if not 1 <= self.parallel <= 64:
             raise ValueError("parallel must be between 1 and 64")
+        if not 1 <= self.lookahead <= 64:
+            raise ValueError("lookahead must be between 1 and 64")
+        # Together they bound memory: at most (parallel + lookahead) parts at a time.
         self.slots = asyncio.Semaphore(self.parallel)
+        self.staging = asyncio.Semaphore(self.lookahead)
 
 
 @dataclass(slots=True)
@@ -395,6 +404,15 @@ class PartSigner:
         for _, future in self._wanted.values():
             future.cancel()
         self._wanted.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class ReadyPart:
+    """A part read, hashed and signed, waiting for a free sender."""
+
+    data: bytes
+    checksum: str
+    signed: SignedPart
 
 
 def _read_part(fd: int, part: Part) -> bytes:
@@ -659,14 +677,22 @@ class FileUpload:
         async def worker() -> None:
             while queue:
                 part = queue.popleft()
-                async with self.ctx.slots:
-                    etags[part.number] = await self._send_part(
+                async with self.ctx.staging:
+                    ready = await self._prepare_part(
                         result, source, part, stored.get(part.number), signer
                     )
+                    if isinstance(ready, str):
+                        etags[part.number] = ready  # storage holds these very bytes
+                        continue
+                    await self.ctx.slots.acquire()
+                try:
+                    etags[part.number] = await self._put_part(result, part, ready, signer)
+                finally:
+                    self.ctx.slots.release()
 
         try:
             async with asyncio.TaskGroup() as group:
-                for _ in range(min(self.ctx.parallel, len(parts))):
+                for _ in range(min(self.ctx.parallel + self.ctx.lookahead, len(parts))):
                     group.create_task(worker())
         except BaseExceptionGroup as group_error:
             raise _first_cause(group_error) from None
@@ -677,14 +703,16 @@ class FileUpload:
         done = await self._complete(result.upload_id, sorted(etags.items()))
         result.status = str(done.get("status", "uploaded"))
 
-    async def _send_part(
+    async def _prepare_part(
         self,
         result: SendResult,
         source: SharedFile,
         part: Part,
         stored: StoredPart | None,
         signer: PartSigner,
-    ) -> str:
+    ) -> str | ReadyPart:
+        """Read and hash a part and get its URL; or, if storage already holds exactly
+        these bytes, their ETag."""
         if stored is not None and stored.size == part.size:
             # Storage holds this part: keep it if it is these very bytes.
             data, md5 = await source.read(lambda fd: _read_and_md5(fd, part))
@@ -696,15 +724,21 @@ class FileUpload:
             checksum = await asyncio.to_thread(_sha256_b64, data)
         else:
             data, checksum = await source.read(lambda fd: _read_and_hash(fd, part))
+        return ReadyPart(data, checksum, await signer.url(part.number, checksum))
+
+    async def _put_part(
+        self, result: SendResult, part: Part, ready: ReadyPart, signer: PartSigner
+    ) -> str:
+        """Send one part, retrying it alone; its ETag."""
         self._stage("sending")
         retry = self.ctx.retry
-        renew = False
+        signed: SignedPart | None = ready.signed
         resigns = 0
         last = ""
         for attempt in range(1, retry.attempts + 1):
-            signed = await signer.url(part.number, checksum, renew=renew)
-            renew = False
-            payload = PartPayload(data, self._advance, self.ctx.limiter)
+            if signed is None:
+                signed = await signer.url(part.number, ready.checksum)
+            payload = PartPayload(ready.data, self._advance, self.ctx.limiter)
             try:
                 status, etag, body = await put_to_storage(
                     self.ctx.http, signed.url, signed.headers, payload
@@ -717,13 +751,13 @@ class FileUpload:
                 result.sent_parts.append(part.number)
                 return etag
             self._advance(-payload.written)
+            signed = None  # the next try asks the signer (cached unless expired or renewed)
             code = _storage_code(body)
             if status:
                 last = f"storage answered {status} {code}".strip()
             if status == 403 and resigns < MAX_RESIGNS:
                 # Most likely the URL expired (a long back-off, a suspended laptop).
                 resigns += 1
-                renew = True
                 signer.forget(part.number)
                 result.retries += 1
                 continue
