@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 
     from clients.cli.gateway import Gateway
     from clients.cli.progress import ProgressBoard
-    from clients.cli.transfer import TransferContext
+    from clients.cli.transfer import SendResult, TransferContext
 
 T = TypeVar("T")
 
@@ -367,21 +367,25 @@ async def upload_files(args: argparse.Namespace, run: UploadRun) -> int:
         files = asyncio.Semaphore(args.parallel)
 
         async def one(job: FileJob) -> int:
+            # Sending takes a file slot; following the pipeline afterwards does not.
             async with files:
-                return await _upload_one(args, ctx, gateway, board, job, human)
+                code, result = await _send_one(args, ctx, board, job, human)
+            if result is None:
+                return code
+            return await _report_one(args, gateway, board, result, human)
 
         codes = await asyncio.gather(*(one(job) for job in run.jobs))
     return overall_exit_code(codes)
 
 
-async def _upload_one(
+async def _send_one(
     args: argparse.Namespace,
     ctx: TransferContext,
-    gateway: Gateway,
     board: ProgressBoard,
     job: FileJob,
     human: TextIO,
-) -> int:
+) -> tuple[int, SendResult | None]:
+    """Send one file; (exit code, result) — no result if it failed."""
     import orjson
 
     from clients.cli.gateway import GatewayError, GaveUp
@@ -410,7 +414,7 @@ async def _upload_one(
         if args.json:
             line = {"path": job.path, "error": str(exc), "exit_code": int(code)}
             board.note(orjson.dumps(line).decode(), stream=sys.stdout)
-        return code
+        return code, None
     progress.finish(result.status)
     rate = result.bytes_sent / result.seconds if result.seconds > 0 else 0.0
     summary = f"{name}: {result.status} as {result.upload_id}"
@@ -420,10 +424,23 @@ async def _upload_one(
     if result.reused_parts:
         detail += f"; {len(result.reused_parts)} of {result.part_count} parts were already stored"
     board.note(f"{summary} — {detail}", stream=human)
+    return ExitCode.OK, result
+
+
+async def _report_one(
+    args: argparse.Namespace,
+    gateway: Gateway,
+    board: ProgressBoard,
+    result: SendResult,
+    human: TextIO,
+) -> int:
+    """With --wait, follow the pipeline; with --json, print the result. The exit code."""
+    import orjson
+
     outcome: int = ExitCode.OK
     if args.wait:
         outcome, result.status = await _wait(
-            gateway, board, name, result.upload_id, args.wait_timeout, human
+            gateway, board, result.filename, result.upload_id, args.wait_timeout, human
         )
     if args.json:
         doc = result.as_json()
