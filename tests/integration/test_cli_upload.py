@@ -150,6 +150,22 @@ async def test_an_11_mb_jpeg_is_refused_before_any_byte_is_sent(
     assert not list(cli.state_dir.glob("*.json"))
 
 
+async def test_several_files_go_their_own_ways(
+    cli: Cli, tmp_path: Path, http: ClientSession, gateway: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    huge, photo = tmp_path / "huge.jpg", tmp_path / "photo.jpg"
+    huge.write_bytes(make_jpeg()[:-2] + os.urandom(11_000_000))
+    photo.write_bytes(make_jpeg())
+    code = await cli.upload(str(huge), str(photo), "--profile", "image", "--json")
+    out = capsys.readouterr().out
+    assert code == ExitCode.REFUSED  # the first file that did not succeed decides
+    results = {Path(r["path"]).name: r for r in json_lines(out)}
+    assert results["huge.jpg"]["exit_code"] == ExitCode.REFUSED
+    assert results["photo.jpg"]["status"] == "uploaded"
+    listed = await list_uploads(http, gateway, cli.token)
+    assert [u["filename"] for u in listed] == ["photo.jpg"]
+
+
 async def test_bad_tokens_and_files_get_their_own_exit_codes(
     cli: Cli, token: Callable[..., str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
