@@ -176,6 +176,7 @@ class Job {
 
   queue() {
     this.reset();
+    this.profile = pickProfile(this.file); // the user may have picked another one since
     this.setPhase("queued");
     enqueue(this);
   }
@@ -209,12 +210,14 @@ class Job {
 
   stop(reason) {
     this.stopReason = reason;
-    this.controller?.abort(new DOMException(`upload ${reason}`, "AbortError"));
+    if (this.running) this.controller.abort(new DOMException(`upload ${reason}`, "AbortError"));
+    else this.stopped(); // paused: nothing in flight to interrupt
   }
 
   async run() {
     if (this.stopReason) return; // cancelled while queued
     this.controller = new AbortController();
+    this.running = true;
     this.setPhase("preparing");
     this.buttons({ cancel: true });
     try {
@@ -231,8 +234,12 @@ class Job {
       });
       this.finish(record);
     } catch (err) {
+      this.running = false;
       if (this.stopReason) await this.stopped();
       else this.fail(err);
+    } finally {
+      this.running = false;
+      showRemembered();
     }
   }
 
@@ -367,6 +374,7 @@ class Job {
         $(".meter", this.card).textContent = `Could not delete the upload: ${err.message}`;
       }
     }
+    showRemembered();
   }
 }
 
@@ -402,11 +410,14 @@ for (const type of ["dragover", "drop"]) {
   window.addEventListener(type, (event) => event.preventDefault());
 }
 
-const pending = uploader.remembered();
-if (pending.length) {
-  const names = pending.map((p) => `${p.name} (${formatBytes(p.size)})`).join(", ");
+/** Multipart uploads this browser left unfinished (a reload, a crash): they resume. */
+function showRemembered() {
+  const unfinished = uploader.remembered();
   const note = $("#remembered");
+  note.hidden = unfinished.length === 0;
+  const names = unfinished.map((p) => `${p.name} (${formatBytes(p.size)})`).join(", ");
   note.textContent = `Unfinished in this browser: ${names}. Add the same file again to resume where it stopped.`;
-  note.hidden = false;
 }
+
+showRemembered();
 document.body.dataset.ready = "true";

@@ -17,16 +17,16 @@ import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Protocol
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from aiohttp import ClientSession
 from PIL import Image
-from playwright.async_api import FileChooser, Locator, Page, Request, Route, expect
+from playwright.async_api import FileChooser, FilePayload, Locator, Page, Request, Route, expect
 
 from services.gateway.auth import mint_token
 from shared.settings import MiB, Settings
-from tests.e2e.conftest import StorageLink
 from tests.support import make_jpeg
 
 pytestmark = pytest.mark.integration
@@ -77,6 +77,13 @@ def colourful_jpeg() -> bytes:
     buf = io.BytesIO()
     Image.merge("RGB", (red, green, blue)).save(buf, "JPEG", quality=88)
     return buf.getvalue()
+
+
+class BreakableLink(Protocol):
+    """The browser's link to storage (the `link` fixture)."""
+
+    break_next: set[int]  # parts whose next attempt breaks half-way
+    broken: list[int]  # parts broken so far
 
 
 @pytest.fixture(scope="module")
@@ -196,12 +203,15 @@ async def test_failed_parts_are_retried_and_the_bar_never_goes_back(
     workers: None,
     big_mp4: Path,
     owner_token: str,
-    link: StorageLink,
+    link: BreakableLink,
+    e2e_gateway: str,
     cleanup: Callable[..., None],
 ) -> None:
     refused = {5}  # the first attempt fails before any byte is sent
     link.break_next = {2, 9}  # the first attempt breaks half-way, after progress was shown
+    expired = 7  # the first attempt is answered 403, as for an expired URL: signed again
     attempts: Counter[int] = Counter()
+    signed: list[list[int]] = []
 
     async def refuse_first_attempts(route: Route) -> None:
         n = part_number(route.request.url)
@@ -210,8 +220,21 @@ async def test_failed_parts_are_retried_and_the_bar_never_goes_back(
             if n in refused and attempts[n] == 1:
                 await route.abort("connectionreset")
                 return
+            if n == expired and attempts[n] == 1:
+                await route.fulfill(
+                    status=403,
+                    body="<Error><Code>AccessDenied</Code><Message>Request has expired</Message>"
+                    "</Error>",
+                    headers={"Access-Control-Allow-Origin": e2e_gateway},
+                )
+                return
         await route.continue_()
 
+    def on_request(request: Request) -> None:
+        if request.method == "POST" and request.url.endswith("/parts"):
+            signed.append(request.post_data_json["part_numbers"])
+
+    page.on("request", on_request)
     await page.route(lambda url: part_number(url) is not None, refuse_first_attempts)
     await open_demo(page, owner_token)
     await page.set_input_files("#picker", big_mp4)
@@ -222,8 +245,10 @@ async def test_failed_parts_are_retried_and_the_bar_never_goes_back(
     await expect(big).to_have_attribute("data-phase", "ready", timeout=PIPELINE_TIMEOUT)
 
     assert sorted(link.broken) == [2, 9]
-    assert {n for n, count in attempts.items() if count > 1} == {2, 5, 9}
-    assert sum(attempts.values()) == PART_COUNT + 3
+    assert {n for n, count in attempts.items() if count > 1} == {2, 5, 7, 9}
+    assert sum(attempts.values()) == PART_COUNT + 4
+    assert signed[0] == list(range(1, PART_COUNT + 1))  # signed ahead, in one batch
+    assert signed[1:] == [[expired]]  # and part 7 once more after its 403
     history = await bar_history(page, "big.mp4")
     assert len(history) > PART_COUNT  # it really moved in steps
     assert all(a <= b for a, b in itertools.pairwise(history)), [
@@ -348,7 +373,7 @@ async def test_pause_then_resume_sends_every_part_exactly_once(
     assert history[-1] == BIG_SIZE
 
 
-async def test_cancel_aborts_the_upload_and_forgets_it(
+async def test_cancel_after_pause_aborts_the_upload_and_forgets_it(
     page: Page,
     big_mp4: Path,
     owner_token: str,
@@ -370,9 +395,12 @@ async def test_cancel_aborts_the_upload_and_forgets_it(
     await expect(big).to_have_attribute("data-upload-id", re.compile(".+"))
     upload_id = await big.get_attribute("data-upload-id")
     cleanup(upload_id, owner_token)
-    await expect(big.get_by_role("button", name="Cancel")).to_be_visible()
-    await big.get_by_role("button", name="Cancel").click()
+    await big.get_by_role("button", name="Pause").click()
+    await expect(big).to_have_attribute("data-phase", "paused")
+    await expect(page.locator("#remembered")).to_contain_text("big.mp4")
+    await big.get_by_role("button", name="Cancel").click()  # a paused upload can be dropped
     await expect(big).to_have_attribute("data-phase", "cancelled")
+    await expect(page.locator("#remembered")).to_be_hidden()
     await expect(big.get_by_role("button", name="Retry")).to_be_visible()
 
     headers = {"Authorization": f"Bearer {owner_token}"}
@@ -415,9 +443,12 @@ async def test_a_dropped_status_stream_reconnects_with_last_event_id(
 
     await page.route("**/v1/uploads/*/events", break_the_first_stream)
     await open_demo(page, owner_token)
-    await page.set_input_files(
-        "#picker", files=[{"name": "stream.jpg", "mimeType": "image/jpeg", "buffer": make_jpeg()}]
-    )
+    photo_file: FilePayload = {
+        "name": "stream.jpg",
+        "mimeType": "image/jpeg",
+        "buffer": make_jpeg(),
+    }
+    await page.set_input_files("#picker", files=[photo_file])
     photo = card(page, "stream.jpg")
     await expect(photo).to_have_attribute("data-upload-id", re.compile(".+"))
     cleanup(await photo.get_attribute("data-upload-id"), owner_token)
@@ -473,9 +504,8 @@ async def test_the_page_works_from_the_keyboard_and_announces_progress(
     await page.keyboard.press("Enter")
     async with asyncio.timeout(10):
         chooser = await choosers.get()
-    await chooser.set_files(
-        files=[{"name": "keys.jpg", "mimeType": "image/jpeg", "buffer": make_jpeg()}]
-    )
+    keys_file: FilePayload = {"name": "keys.jpg", "mimeType": "image/jpeg", "buffer": make_jpeg()}
+    await chooser.set_files(files=[keys_file])
     keys = card(page, "keys.jpg")
     await expect(keys).to_have_attribute("data-upload-id", re.compile(".+"))
     cleanup(await keys.get_attribute("data-upload-id"), await page.input_value("#token"))
