@@ -14,6 +14,7 @@ from pydantic import BaseModel
 from services.gateway import companion
 from services.gateway import models as m
 from services.gateway import web as web_routes
+from services.gateway.appkeys import SETTINGS
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
@@ -156,6 +157,8 @@ def document(app: web.Application | None = None) -> dict[str, Any]:
         components[model.__name__] = schema
     paths: dict[str, dict[str, Any]] = {}
     operations = OPERATIONS | companion.OPERATIONS | web_routes.OPERATIONS
+    if app is not None and app[SETTINGS].dev_token_endpoint:
+        operations |= web_routes.DEV_OPERATIONS
     for (method, path), op in sorted(operations.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         paths.setdefault(path, {})[method.lower()] = op
     return {
