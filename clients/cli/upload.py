@@ -33,7 +33,7 @@ from datetime import UTC, datetime
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
-from services.processor.sniff import SNIFF_BYTES, sniff_type
+from shared.sniff import SNIFF_BYTES, sniff_type
 
 if TYPE_CHECKING:
     from aiohttp import ClientSession

@@ -31,7 +31,7 @@ from typing import TypeVar
 from PIL import Image, ImageFile, UnidentifiedImageError
 from PIL.ExifTags import IFD, Base
 
-from services.processor.sniff import SNIFF_BYTES, normalise_type, sniff_type, type_matches
+from shared.sniff import SNIFF_BYTES, normalise_type, sniff_type, type_matches
 
 # Detected type -> the only Pillow decoder allowed to read it.
 PILLOW_FORMATS = {

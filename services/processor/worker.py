@@ -34,7 +34,6 @@ from services.processor.imaging import (
     Rejection,
     analyse_image,
 )
-from services.processor.sniff import SNIFF_BYTES, sniff_type, type_matches
 from shared.amqp.consumer import Delivery, Handler, OnDeadLetter, Reject, Retry
 from shared.events import (
     AnyEvent,
@@ -46,6 +45,7 @@ from shared.events import (
 )
 from shared.keys import thumbnail_key
 from shared.s3 import is_not_found
+from shared.sniff import SNIFF_BYTES, sniff_type, type_matches
 from shared.worker import WorkerResources, ensure_upload_object, failure_reporter
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from services.processor.imaging import (
     analyse_file,
     analyse_image,
 )
-from services.processor.sniff import sniff_type, type_matches
+from shared.sniff import sniff_type, type_matches
 
 SIZES = (1024, 256)
 LIMIT = 50_000_000
