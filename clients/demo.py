@@ -118,7 +118,8 @@ async def demo(settings: Settings) -> int:
             record = await resp.json()
     print("\nThe upload's record (GET /v1/uploads/{id}):\n")
     print(orjson.dumps(record, option=orjson.OPT_INDENT_2).decode())
-    print(f"\nDemo page: {gateway}/   ·   stop everything: make stop\n")
+    print(f"\nDemo page: {gateway}/  (paste this token there, valid 1 h):\n\n{token}\n")
+    print("Stop everything: make stop\n")
     return 0 if record["status"] == "ready" else 1
 
 
