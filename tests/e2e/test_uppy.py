@@ -37,14 +37,9 @@ from playwright.async_api import Browser, Request, async_playwright
 
 from services.gateway.appkeys import PUBLISHER, S3
 from services.gateway.companion import POST_SIGNER
-from services.processor.worker import build_processor, process_pool
-from services.scanner.worker import build_scanner
-from shared.amqp.consumer import Consumer
 from shared.events import ObjectCreated
 from shared.keys import upload_id_from_key
-from shared.pipeline import processor_queue, scanner_queue
 from shared.settings import MiB, Settings
-from shared.worker import worker_resources
 from tests.support import Uploads
 
 pytestmark = pytest.mark.integration
@@ -140,30 +135,6 @@ async def uppy_browser() -> AsyncIterator[Browser]:
             yield browser
         finally:
             await browser.close()
-
-
-@pytest.fixture(scope="module")
-async def workers(settings: Settings, gateway: str) -> AsyncIterator[None]:
-    """Scanner and processor consuming in this process (the gateway records)."""
-    with process_pool(1) as pool:
-        async with worker_resources(settings, "test-uppy-workers") as (connection, res):
-            scan, scan_dead = await build_scanner(res)
-            proc, proc_dead = await build_processor(res, pool)
-            consumers = [
-                Consumer(
-                    connection, settings, scanner_queue(settings), scan, on_dead_letter=scan_dead
-                ),
-                Consumer(
-                    connection, settings, processor_queue(settings), proc, on_dead_letter=proc_dead
-                ),
-            ]
-            for consumer in consumers:
-                await consumer.start()
-            try:
-                yield
-            finally:
-                for consumer in consumers:
-                    await consumer.drain(5)
 
 
 def photo(path: Path) -> int:

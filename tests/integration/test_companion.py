@@ -26,14 +26,9 @@ from services.gateway.app import create_app
 from services.gateway.appkeys import METRICS, POOL, PUBLISHER, S3
 from services.gateway.companion import CompanionError, choose_profile, etag_value, max_part_number
 from services.gateway.reconciler import Reconciler
-from services.processor.worker import build_processor, process_pool
-from services.scanner.worker import build_scanner
-from shared.amqp.consumer import Consumer
 from shared.events import ObjectCreated
 from shared.keys import upload_id_from_key
-from shared.pipeline import processor_queue, scanner_queue
 from shared.settings import MiB, Settings, UploadPolicy
-from shared.worker import worker_resources
 from tests.support import Uploads, make_jpeg
 
 pytestmark = pytest.mark.integration
@@ -44,30 +39,6 @@ MP4_HEADER = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41"
 def mp4_like(size: int) -> bytes:
     """An ISO-BMFF header (what sniffing looks for) followed by incompressible bytes."""
     return MP4_HEADER + os.urandom(size - len(MP4_HEADER))
-
-
-@pytest.fixture(scope="module")
-async def workers(settings: Settings, gateway: str) -> AsyncIterator[None]:
-    """Scanner and processor consuming in this process (the gateway records)."""
-    with process_pool(1) as pool:
-        async with worker_resources(settings, "test-companion-workers") as (connection, res):
-            scan, scan_dead = await build_scanner(res)
-            proc, proc_dead = await build_processor(res, pool)
-            consumers = [
-                Consumer(
-                    connection, settings, scanner_queue(settings), scan, on_dead_letter=scan_dead
-                ),
-                Consumer(
-                    connection, settings, processor_queue(settings), proc, on_dead_letter=proc_dead
-                ),
-            ]
-            for consumer in consumers:
-                await consumer.start()
-            try:
-                yield
-            finally:
-                for consumer in consumers:
-                    await consumer.drain(5)
 
 
 class Companion:
