@@ -469,38 +469,20 @@ async def list_parts(request: web.Request) -> web.Response:
     """`GET /s3/multipart/{uploadId}`: the parts storage holds (Uppy resumes from these)."""
     upload = await _load_multipart(request)
     _require_open(upload)
-    s3 = request.app[S3]
-    parts: list[dict[str, Any]] = []
-    marker = 0
-    while True:
-        try:
-            page = await s3.list_parts(
-                Bucket=upload.bucket,
-                Key=upload.key,
-                UploadId=upload.multipart_upload_id,
-                MaxParts=LIST_PAGE,
-                PartNumberMarker=marker,
-            )
-        except ClientError as exc:
-            if is_not_found(exc):
-                raise CompanionError(404, "storage no longer holds this multipart upload") from None
-            raise _storage_error(exc) from None
-        except BotoCoreError as exc:
-            raise _storage_error(exc) from None
-        for p in page.get("Parts", []):
-            modified = p.get("LastModified")
-            parts.append(
-                {
-                    "PartNumber": int(p["PartNumber"]),
-                    "ETag": str(p["ETag"]),
-                    "Size": int(p["Size"]),
-                    "LastModified": modified.isoformat() if modified is not None else None,
-                }
-            )
-        next_marker = int(page.get("NextPartNumberMarker") or 0)
-        if not page.get("IsTruncated") or next_marker <= marker:
-            return _json(parts)
-        marker = next_marker
+    held = await stored_parts(request.app[S3], upload)
+    if held is None:
+        raise CompanionError(404, "storage no longer holds this multipart upload")
+    return _json(
+        [
+            {
+                "PartNumber": p.part_number,
+                "ETag": f'"{p.etag}"',
+                "Size": p.size,
+                "LastModified": p.last_modified.isoformat() if p.last_modified else None,
+            }
+            for p in held
+        ]
+    )
 
 
 @companion_errors

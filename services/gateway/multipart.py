@@ -8,6 +8,7 @@ corrupted part; completion is checked against what storage really holds.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -63,9 +64,19 @@ def _storage_error(exc: Exception) -> ServiceUnavailable:
     return ServiceUnavailable("storage could not be reached; try again")
 
 
-async def stored_parts(s3: Any, upload: store.Upload) -> list[StoredPart] | None:
+@dataclass(frozen=True, slots=True)
+class HeldPart:
+    """A part as storage holds it."""
+
+    part_number: int
+    etag: str  # without quotes
+    size: int
+    last_modified: datetime | None
+
+
+async def stored_parts(s3: Any, upload: store.Upload) -> list[HeldPart] | None:
     """Every part storage holds for the upload (all pages), or None if the upload is gone."""
-    parts: list[StoredPart] = []
+    parts: list[HeldPart] = []
     marker = 0
     while True:
         try:
@@ -84,16 +95,15 @@ async def stored_parts(s3: Any, upload: store.Upload) -> list[StoredPart] | None
             raise _storage_error(exc) from None
         for p in page.get("Parts", []):
             parts.append(
-                StoredPart(
+                HeldPart(
                     part_number=int(p["PartNumber"]),
                     etag=str(p["ETag"]).strip('"'),
                     size=int(p["Size"]),
+                    last_modified=p.get("LastModified"),
                 )
             )
-        if not page.get("IsTruncated"):
-            return parts
         next_marker = int(page.get("NextPartNumberMarker") or 0)
-        if next_marker <= marker:
+        if not page.get("IsTruncated") or next_marker <= marker:
             return parts
         marker = next_marker
 
@@ -170,7 +180,13 @@ class PartsView(MultipartView):
         parts = await stored_parts(self.request.app[S3], upload)
         if parts is None:
             raise Conflict("storage no longer holds this multipart upload")
-        return json_response(StoredParts(parts=parts))
+        return json_response(
+            StoredParts(
+                parts=[
+                    StoredPart(part_number=p.part_number, etag=p.etag, size=p.size) for p in parts
+                ]
+            )
+        )
 
 
 async def complete_multipart(
