@@ -39,6 +39,20 @@ def thumbnail_key(key: str, size: int) -> str:
     return f"{key}.thumb-{size}.webp"
 
 
+def sidecar_key(key: str) -> str:
+    """The processor's record of a finished job, written last (idempotency marker)."""
+    return f"{key}.meta.json"
+
+
 def quarantine_key(quarantine_prefix: str, key: str) -> str:
     """Where an infected object is moved; outside the uploads prefix, never served."""
     return f"{quarantine_prefix}/{key}"
+
+
+def verified_key(verified_prefix: str, key: str) -> str:
+    """Where the processor keeps the version it verified; downloads are served from here.
+
+    No presigned URL ever names it, so a client that re-uses its upload URL after
+    the scan can't replace what others download.
+    """
+    return f"{verified_prefix}/{key}"

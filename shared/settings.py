@@ -146,6 +146,7 @@ class Settings(BaseSettings):
     bucket: str = "clearance-uploads"
     upload_prefix: str = "uploads"
     quarantine_prefix: str = "quarantine"
+    verified_prefix: str = "verified"
     presign_ttl_seconds: int = Field(default=900, ge=1, le=7 * 24 * 3600)
     download_ttl_seconds: int = Field(default=300, ge=1, le=7 * 24 * 3600)
 

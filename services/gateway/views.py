@@ -52,7 +52,7 @@ from services.gateway.policy import (
     part_layout,
     uses_multipart,
 )
-from shared.keys import object_key
+from shared.keys import object_key, sidecar_key, verified_key
 from shared.s3 import is_not_found
 
 log = logging.getLogger(__name__)
@@ -389,7 +389,12 @@ class UploadView(BaseView):
                     if not is_not_found(exc):
                         raise
             # Infected objects were moved to quarantine; that copy is kept for review.
-            keys = [upload.key] + [t["key"] for t in upload.thumbnails]
+            keys = [
+                upload.key,
+                verified_key(self.settings.verified_prefix, upload.key),
+                sidecar_key(upload.key),
+                *(t["key"] for t in upload.thumbnails),
+            ]
             await s3.delete_objects(
                 Bucket=upload.bucket,
                 Delete={"Objects": [{"Key": k} for k in keys], "Quiet": True},
@@ -409,7 +414,7 @@ class DownloadView(BaseView):
             )
         signed = self.request.app[PRESIGNER].presign_get(
             upload.bucket,
-            upload.key,
+            verified_key(self.settings.verified_prefix, upload.key),
             expires_in=self.settings.download_ttl_seconds,
             response_content_disposition=content_disposition(upload.filename),
             response_content_type=upload.content_type,

@@ -43,7 +43,7 @@ from shared.events import (
     Thumbnail,
     processing_id,
 )
-from shared.keys import thumbnail_key
+from shared.keys import sidecar_key, thumbnail_key, verified_key
 from shared.s3 import is_not_found
 from shared.sniff import SNIFF_BYTES, sniff_type, type_matches
 from shared.worker import WorkerResources, ensure_upload_object, failure_reporter
@@ -61,10 +61,6 @@ PROCESS_SECONDS = Histogram(
     "Time to verify and describe one object, thumbnails included",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
-
-
-def sidecar_key(key: str) -> str:
-    return f"{key}.meta.json"
 
 
 class Processor:
@@ -96,11 +92,15 @@ class Processor:
             raise Retry(f"storage HEAD failed: {exc}") from exc
         declared = str(head.get("ContentType", "")).lower()
         size = int(head["ContentLength"])
-        if event.etag and str(head.get("ETag", "")).strip('"') != event.etag:
+        etag = str(head.get("ETag", "")).strip('"')
+        if event.etag and etag != event.etag:
             raise Reject("the object changed after it was scanned")
+        # Every read below is pinned to this version: a client re-using its upload URL
+        # can't swap the bytes between the checks and the verified copy.
+        pinned = {"IfMatch": f'"{etag}"'} if etag else {}
 
         if declared in IMAGE_TYPES and size <= MAX_IMAGE_BYTES:
-            data = await self._read(event)
+            data = await self._read(event, pinned)
             outcome: (
                 ImageReport | FileReport | Rejection
             ) = await asyncio.get_running_loop().run_in_executor(
@@ -112,9 +112,9 @@ class Processor:
                 self._settings.max_image_pixels,
             )
         else:
-            outcome = await self._describe_stream(event, declared, size)
+            outcome = await self._describe_stream(event, declared, size, pinned)
             if isinstance(outcome, FileReport) and outcome.detected_type == "application/zip":
-                outcome = await self._check_archive(event, size) or outcome
+                outcome = await self._check_archive(event, size, pinned) or outcome
 
         duration_ms = (time.perf_counter() - started) * 1000
         if isinstance(outcome, Rejection):
@@ -131,6 +131,7 @@ class Processor:
             log.info("rejected (%s): %s", outcome.code, outcome.reason, extra=extra)
             return
 
+        await self._keep_verified(event, etag)
         thumbnails: list[Thumbnail] = []
         metadata: dict[str, Any]
         if isinstance(outcome, ImageReport):
@@ -182,23 +183,42 @@ class Processor:
             log.warning("unreadable sidecar for %s; processing again", event.key)
             return None
 
-    async def _read(self, event: ScanClean) -> bytes:
+    async def _keep_verified(self, event: ScanClean, etag: str) -> None:
+        """Copy the verified version where no client URL can write; downloads read it."""
+        target = verified_key(self._settings.verified_prefix, event.key)
+        params: dict[str, Any] = {
+            "Bucket": event.bucket,
+            "Key": target,
+            "CopySource": {"Bucket": event.bucket, "Key": event.key},
+            "ServerSideEncryption": "AES256",
+            "MetadataDirective": "COPY",
+        }
+        if etag:
+            params["CopySourceIfMatch"] = f'"{etag}"'
         try:
-            response = await self._s3.get_object(Bucket=event.bucket, Key=event.key)
+            await self._s3.copy_object(**params)
+        except ClientError as exc:
+            raise read_failure(exc) from exc
+        except BotoCoreError as exc:
+            raise Retry(f"storage copy failed: {exc}") from exc
+
+    async def _read(self, event: ScanClean, pinned: dict[str, str]) -> bytes:
+        try:
+            response = await self._s3.get_object(Bucket=event.bucket, Key=event.key, **pinned)
             async with response["Body"] as body:
                 data: bytes = await body.read()
         except (ClientError, BotoCoreError) as exc:
-            raise Retry(f"storage GET failed: {exc}") from exc
+            raise read_failure(exc) from exc
         return data
 
     async def _describe_stream(
-        self, event: ScanClean, declared: str, size: int
+        self, event: ScanClean, declared: str, size: int, pinned: dict[str, str]
     ) -> FileReport | Rejection:
         """Sniff and hash a large or non-image object without holding it in memory."""
         digest = hashlib.sha256()
         head = b""
         try:
-            response = await self._s3.get_object(Bucket=event.bucket, Key=event.key)
+            response = await self._s3.get_object(Bucket=event.bucket, Key=event.key, **pinned)
             body = response["Body"]  # aiobotocore StreamingBody: read(n) streams
             try:
                 while chunk := await body.read(CHUNK):
@@ -209,7 +229,7 @@ class Processor:
             finally:
                 body.close()
         except (ClientError, BotoCoreError) as exc:
-            raise Retry(f"storage GET failed: {exc}") from exc
+            raise read_failure(exc) from exc
         detected = sniff_type(head)
         if detected is None or not type_matches(declared, detected):
             return Rejection(
@@ -218,27 +238,31 @@ class Processor:
             )
         return FileReport(size=size, sha256=digest.hexdigest(), detected_type=detected)
 
-    async def _check_archive(self, event: ScanClean, size: int) -> Rejection | None:
+    async def _check_archive(
+        self, event: ScanClean, size: int, pinned: dict[str, str]
+    ) -> Rejection | None:
         """Reject archives whose members the scanner could not have fully scanned."""
         try:
             tail_start = max(0, size - TAIL_BYTES)
-            tail = await self._range(event, tail_start, size - 1)
+            tail = await self._range(event, tail_start, size - 1, pinned)
             offset, length = central_directory_span(tail, size)
             if offset >= tail_start:  # usually the directory is in the tail already
                 directory = tail[offset - tail_start : offset - tail_start + length]
             else:
-                directory = await self._range(event, offset, offset + length - 1)
+                directory = await self._range(event, offset, offset + length - 1, pinned)
             reason = unscannable_reason(members(directory), self._settings.clamd_max_bytes)
         except ArchiveError as exc:
             return Rejection("corrupt", f"the archive can't be read: {exc}")
         return Rejection("unscannable", reason) if reason else None
 
-    async def _range(self, event: ScanClean, first: int, last: int) -> bytes:
+    async def _range(
+        self, event: ScanClean, first: int, last: int, pinned: dict[str, str]
+    ) -> bytes:
         if last < first:
             return b""
         try:
             response = await self._s3.get_object(
-                Bucket=event.bucket, Key=event.key, Range=f"bytes={first}-{last}"
+                Bucket=event.bucket, Key=event.key, Range=f"bytes={first}-{last}", **pinned
             )
             body = response["Body"]
             try:
@@ -246,7 +270,7 @@ class Processor:
             finally:
                 body.close()
         except (ClientError, BotoCoreError) as exc:
-            raise Retry(f"storage GET failed: {exc}") from exc
+            raise read_failure(exc) from exc
         return data
 
     async def _write_thumbnails(self, event: ScanClean, report: ImageReport) -> list[Thumbnail]:
@@ -277,6 +301,17 @@ class Processor:
             )
         except (ClientError, BotoCoreError) as exc:
             raise Retry(f"storage PUT failed: {exc}") from exc
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def read_failure(exc: ClientError | BotoCoreError) -> Reject | Retry:
+    """A changed object can never succeed (reject); anything else may (retry)."""
+    if isinstance(exc, ClientError) and _code(exc) == "PreconditionFailed":
+        return Reject("the object changed while it was being processed")
+    return Retry(f"storage GET failed: {exc}")
 
 
 def _analyse_image_job(

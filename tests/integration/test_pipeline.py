@@ -22,10 +22,9 @@ from prometheus_client import REGISTRY
 
 from services.gateway.appkeys import METRICS, POOL, PUBLISHER, S3
 from services.gateway.reconciler import Reconciler
-from services.processor.worker import sidecar_key
 from shared.amqp.topology import dlq_name
 from shared.events import ObjectCreated
-from shared.keys import quarantine_key
+from shared.keys import quarantine_key, sidecar_key
 from shared.pipeline import processor_queue, scanner_queue
 from shared.settings import Settings
 from tests.support import Uploads, make_jpeg, make_zip, patch_directory
@@ -100,6 +99,28 @@ async def test_a_jpeg_reaches_ready_with_every_stage_streamed_in_order(
         location = resp.headers["Location"]
     async with http.get(location) as resp:
         assert await resp.read() == data
+
+
+async def test_reusing_the_upload_url_after_the_scan_cannot_change_what_is_served(
+    uploads: Uploads, workers: None, http: ClientSession
+) -> None:
+    original = make_jpeg()
+    created = await uploads.create(original, "image/jpeg")
+    await uploads.put(created, original)
+    await uploads.complete(created["id"])
+    assert (await uploads.wait_final(created["id"]))["status"] == "ready"
+    # The signed URL is still valid: same length and type, other bytes. Storage takes it…
+    swapped = bytes(b ^ 0xFF for b in original)
+    await uploads.put(created, swapped)
+    # …but downloads serve the version that was scanned and verified.
+    async with http.get(
+        f"{uploads.gateway}/v1/uploads/{created['id']}/download",
+        headers=uploads.headers,
+        allow_redirects=False,
+    ) as resp:
+        location = resp.headers["Location"]
+    async with http.get(location) as resp:
+        assert await resp.read() == original
 
 
 async def test_eicar_is_infected_quarantined_and_never_downloadable(
