@@ -33,7 +33,7 @@ import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from PIL import Image
-from playwright.async_api import Browser, Request, async_playwright
+from playwright.async_api import Browser, Request
 
 from services.gateway.appkeys import PUBLISHER, S3
 from services.gateway.companion import POST_SIGNER
@@ -49,16 +49,6 @@ NODE_DIR = Path(__file__).parent / ".node"
 PAGE = Path(__file__).parent / "uppy_page.html"
 # Its origin is listed in the default `cors_origins`: the gateway and the bucket admit it.
 PAGE_PORT = 18281
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 BIG_SIZE = 110 * MiB
 UPPY_PART = 5 * MiB  # Uppy's part size for this file: max(5 MiB, size / 10000)
 MP4_HEADER = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41"
@@ -117,26 +107,6 @@ async def page_origin(uppy_dist: Path) -> AsyncIterator[str]:
         await server.close()
 
 
-def chromium_path() -> str:
-    configured = os.environ.get("CLEARANCE_CHROMIUM")
-    found = configured or shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        pytest.fail("Chromium not found: install Debian's `chromium` or set CLEARANCE_CHROMIUM")
-    return found
-
-
-@pytest.fixture(scope="module")
-async def uppy_browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
-
-
 def photo(path: Path) -> int:
     """A ~3 MiB JPEG of noise (2048×1536), written to `path`; returns its size."""
     image = Image.frombytes("RGB", (2048, 1536), os.urandom(2048 * 1536 * 3))
@@ -160,7 +130,7 @@ def clip(path: Path) -> int:
 
 @pytest.mark.timeout(240)
 async def test_stock_uppy_uploads_a_photo_and_a_large_video_to_ready(
-    uppy_browser: Browser,
+    browser: Browser,
     page_origin: str,
     gateway: str,
     gateway_app: web.Application,
@@ -183,7 +153,7 @@ async def test_stock_uppy_uploads_a_photo_and_a_large_video_to_ready(
             path = request.url.removeprefix(gateway).split("?", 1)[0]
             calls.append(f"{request.method} {re.sub(r'/multipart/[^/]+', '/multipart/ID', path)}")
 
-    context = await uppy_browser.new_context()
+    context = await browser.new_context()
     try:
         await context.add_init_script(
             f"window.CLEARANCE = {json.dumps({'gateway': gateway, 'token': owner_token})};"
