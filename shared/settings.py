@@ -176,6 +176,9 @@ class Settings(BaseSettings):
     thumbnail_sizes: tuple[int, ...] = (1024, 256)
     max_image_pixels: int = Field(default=50_000_000, ge=1)
     processor_workers: int = Field(default=2, ge=1, le=64)
+    # Threads inside one image job: 1 suits `processor_workers` = cores (throughput);
+    # 2 with a single worker cuts one image's latency (~110 → ~86 ms for 12 MP here).
+    processor_threads: int = Field(default=1, ge=1, le=8)
     processor_metrics_port: Port | None = 18092
 
     # Reconciler

@@ -110,6 +110,7 @@ class Processor:
                 declared,
                 tuple(self._settings.thumbnail_sizes),
                 self._settings.max_image_pixels,
+                self._settings.processor_threads,
             )
         else:
             outcome = await self._describe_stream(event, declared, size, pinned)
@@ -315,10 +316,12 @@ def read_failure(exc: ClientError | BotoCoreError) -> Reject | Retry:
 
 
 def _analyse_image_job(
-    data: bytes, declared: str, sizes: tuple[int, ...], max_pixels: int
+    data: bytes, declared: str, sizes: tuple[int, ...], max_pixels: int, threads: int
 ) -> ImageReport | Rejection:
     """Runs in a worker process."""
-    return analyse_image(data, declared_type=declared, sizes=sizes, max_pixels=max_pixels)
+    return analyse_image(
+        data, declared_type=declared, sizes=sizes, max_pixels=max_pixels, threads=threads
+    )
 
 
 def process_pool(workers: int) -> ProcessPoolExecutor:
