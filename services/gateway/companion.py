@@ -34,7 +34,7 @@ import logging
 import math
 import uuid
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import orjson
@@ -279,28 +279,18 @@ async def _create_record(
         except (ClientError, BotoCoreError) as exc:
             raise _storage_error(exc) from None
         mpu_id = str(created["UploadId"])
-    now = datetime.now(UTC)
-    upload = store.Upload(
+    upload = store.Upload.pending(
         id=upload_id,
         owner=owner,
         profile=profile_name,
         filename=declared.filename,
         content_type=declared.content_type,
         size=UNDECLARED_SIZE,
-        sha256=None,
         bucket=settings.bucket,
         key=key,
-        status=Status.PENDING,
-        multipart_upload_id=mpu_id,
-        part_size=None,
-        part_count=None,
-        detected=None,
-        thumbnails=[],
-        reason=None,
+        ttl_seconds=settings.presign_ttl_seconds,
         correlation_id=request.get(REQUEST_ID) or str(upload_id),
-        created_at=now,
-        updated_at=now,
-        expires_at=now + timedelta(seconds=settings.presign_ttl_seconds),
+        multipart_upload_id=mpu_id,
     )
     async with app[POOL].acquire() as conn:
         await store.insert_upload(conn, upload, actor=ACTOR)

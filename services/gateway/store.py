@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 import asyncpg
@@ -54,6 +54,50 @@ class Upload:
     created_at: datetime
     updated_at: datetime
     expires_at: datetime
+
+    @classmethod
+    def pending(
+        cls,
+        *,
+        id: uuid.UUID,
+        owner: str,
+        profile: str,
+        filename: str,
+        content_type: str,
+        size: int,
+        bucket: str,
+        key: str,
+        ttl_seconds: int,
+        correlation_id: str,
+        sha256: str | None = None,
+        multipart_upload_id: str | None = None,
+        part_size: int | None = None,
+        part_count: int | None = None,
+    ) -> Upload:
+        """A new upload, before any byte has landed."""
+        now = datetime.now(UTC)
+        return cls(
+            id=id,
+            owner=owner,
+            profile=profile,
+            filename=filename,
+            content_type=content_type,
+            size=size,
+            sha256=sha256,
+            bucket=bucket,
+            key=key,
+            status=Status.PENDING,
+            multipart_upload_id=multipart_upload_id,
+            part_size=part_size,
+            part_count=part_count,
+            detected=None,
+            thumbnails=[],
+            reason=None,
+            correlation_id=correlation_id,
+            created_at=now,
+            updated_at=now,
+            expires_at=now + timedelta(seconds=ttl_seconds),
+        )
 
     @classmethod
     def from_row(cls, row: asyncpg.Record) -> Upload:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import orjson
@@ -144,15 +143,15 @@ async def accept_landed(
     """Record the object the client says has landed and answer 202 (409 if it's wrong)."""
     app = request.app
     event = landed_event(upload, head, "gateway")
-    now = await record_landing(
+    current = await record_landing(
         app[POOL], app.get(PUBLISHER), app[METRICS], upload, event, actor=ACTOR
     )
-    if now.status is Status.REJECTED:
+    if current.status is Status.REJECTED:
         raise Conflict(
             f"the stored object is {event.size} bytes, not the declared {upload.size}",
-            upload_status=now.status.value,
+            upload_status=current.status.value,
         )
-    return json_response(Accepted(id=upload.id, status=now.status.value), status=202)
+    return json_response(Accepted(id=upload.id, status=current.status.value), status=202)
 
 
 class UploadsView(BaseView):
@@ -185,15 +184,13 @@ class UploadsView(BaseView):
 
         upload_id = uuid.uuid4()
         key = object_key(settings.upload_prefix, self.owner, upload_id)
-        now = datetime.now(UTC)
-        expires_at = now + timedelta(seconds=settings.presign_ttl_seconds)
         multipart = uses_multipart(policy, declared.size)
         part_size = part_count = None
         mpu_id = None
         if multipart:
             part_size, part_count = part_layout(declared.size)
             mpu_id = await self._create_multipart(key, declared.content_type)
-        upload = store.Upload(
+        upload = store.Upload.pending(
             id=upload_id,
             owner=self.owner,
             profile=profile_name,
@@ -203,24 +200,18 @@ class UploadsView(BaseView):
             sha256=declared.sha256_b64,
             bucket=settings.bucket,
             key=key,
-            status=Status.PENDING,
+            ttl_seconds=settings.presign_ttl_seconds,
+            correlation_id=self.request.get(REQUEST_ID) or str(upload_id),
             multipart_upload_id=mpu_id,
             part_size=part_size,
             part_count=part_count,
-            detected=None,
-            thumbnails=[],
-            reason=None,
-            correlation_id=self.request.get(REQUEST_ID) or str(upload_id),
-            created_at=now,
-            updated_at=now,
-            expires_at=expires_at,
         )
         async with self.request.app[POOL].acquire() as conn:
             await store.insert_upload(conn, upload, actor=ACTOR)
         metrics.uploads_created.labels(profile_name, "created").inc()
 
         created = UploadCreated(
-            id=upload_id, status=upload.status.value, key=key, expires_at=expires_at
+            id=upload_id, status=upload.status.value, key=key, expires_at=upload.expires_at
         )
         if multipart:
             assert part_size is not None
@@ -235,7 +226,7 @@ class UploadsView(BaseView):
                 sse="AES256",
                 checksum_sha256=declared.sha256_b64,
                 expires_in=settings.presign_ttl_seconds,
-                now=now,
+                now=upload.created_at,
             )
             created.upload = SignedRequest(method="PUT", url=signed.url, headers=signed.headers)
         response = json_response(created, status=201)
