@@ -20,7 +20,7 @@ run: setup
 	$(BIN)/clearance stack up --infra-only
 	$(BIN)/clearance migrate
 	$(BIN)/clearance stack up
-	$(BIN)/python -m clients.demo
+	$(BIN)/python -m devstack.demo
 
 ## stop: stop everything `make run` started
 stop: setup

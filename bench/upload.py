@@ -49,9 +49,9 @@ from boto3.s3.transfer import TransferConfig
 
 from clients.cli.gateway import Gateway
 from clients.cli.transfer import FileUpload, TransferContext
+from devstack.apps import settings_environment
+from devstack.processes import listening_pid
 from services.gateway.auth import mint_token
-from services.stack.apps import settings_environment
-from services.stack.processes import listening_pid
 from shared.db import migrate
 from shared.s3 import s3_client
 from shared.settings import MiB, Settings

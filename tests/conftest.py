@@ -21,9 +21,9 @@ from services.gateway.app import create_app
 from services.gateway.auth import mint_token
 from services.processor.worker import build_processor, process_pool
 from services.scanner.worker import build_scanner
-from services.stack.seaweedfs import configure_bucket
 from shared.amqp.consumer import Consumer
 from shared.amqp.topology import dlq_name, retry_queue_name
+from shared.bucket import configure_bucket
 from shared.db import migrate
 from shared.pipeline import all_queues, processor_queue, scanner_queue
 from shared.settings import Settings

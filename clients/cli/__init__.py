@@ -1,5 +1,1 @@
-"""Clearance CLI."""
-
-from clients.cli.main import main
-
-__all__ = ["main"]
+"""The Clearance client: the `clearance upload|status|watch` commands (see `add_commands`)."""

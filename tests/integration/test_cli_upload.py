@@ -34,8 +34,8 @@ from clients.cli.upload import (
     upload_files,
     watch_command,
 )
+from devstack.apps import settings_environment
 from services.gateway.app import create_app
-from services.stack.apps import settings_environment
 from shared.settings import MiB, Settings
 from tests.support import make_jpeg
 
@@ -224,7 +224,7 @@ async def run_cli(*argv: str, env: dict[str, str]) -> asyncio.subprocess.Process
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "clients.cli",
+        "commands",
         "upload",
         *argv,
         cwd=ROOT,

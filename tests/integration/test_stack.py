@@ -24,10 +24,10 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from services.stack import HttpProbe, ManagedProcess, stack_down, stack_status, stack_up
-from services.stack.commands import stack_states
-from services.stack.layout import StackLayout
-from services.stack.processes import PidRecord, stop_process, write_record
+from devstack import HttpProbe, ManagedProcess, stack_down, stack_status, stack_up
+from devstack.commands import stack_states
+from devstack.layout import StackLayout
+from devstack.processes import PidRecord, stop_process, write_record
 from shared.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -16,10 +16,10 @@ import aio_pika
 import pytest
 from aiohttp import ClientSession
 
+from devstack.apps import settings_environment
 from services.processor.worker import build_processor, process_pool
 from services.scanner.clamd import ClamdClient
 from services.scanner.worker import Scanner
-from services.stack.apps import settings_environment
 from shared.amqp.consumer import Consumer, Delivery
 from shared.events import ObjectCreated
 from shared.pipeline import processor_queue, scanner_queue

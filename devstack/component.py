@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from services.stack.layout import StackLayout
-from services.stack.processes import (
+from devstack.layout import StackLayout
+from devstack.processes import (
     ManagedProcess,
     listening_pid,
     process_state,

@@ -3,14 +3,14 @@
 PostgreSQL and RabbitMQ are used where they run and started where they do not;
 SeaweedFS (`weed mini`) and clamd are started by the stack, detached, with
 data, logs and PID files under `settings.state_dir`. App services are declared
-in `services.stack.apps.app_services`.
+in `devstack.apps.app_services`.
 """
 
-from services.stack.apps import app_process, app_services
-from services.stack.commands import stack_down, stack_states, stack_status, stack_up
-from services.stack.layout import StackError, StackLayout
-from services.stack.probes import ClamdProbe, HttpProbe, TcpProbe
-from services.stack.processes import ManagedProcess
+from devstack.apps import app_process, app_services
+from devstack.commands import stack_down, stack_states, stack_status, stack_up
+from devstack.layout import StackError, StackLayout
+from devstack.probes import ClamdProbe, HttpProbe, TcpProbe
+from devstack.processes import ManagedProcess
 
 __all__ = [
     "ClamdProbe",

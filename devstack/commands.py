@@ -17,14 +17,14 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import contextmanager
 from typing import TextIO
 
-from services.stack.apps import app_services
-from services.stack.clamd import ClamdComponent
-from services.stack.component import Component, ComponentState, ProcessComponent
-from services.stack.layout import StackError, StackLayout
-from services.stack.postgres import PostgresComponent
-from services.stack.processes import ManagedProcess
-from services.stack.rabbitmq import RabbitComponent
-from services.stack.seaweedfs import SeaweedComponent
+from devstack.apps import app_services
+from devstack.clamd import ClamdComponent
+from devstack.component import Component, ComponentState, ProcessComponent
+from devstack.layout import StackError, StackLayout
+from devstack.postgres import PostgresComponent
+from devstack.processes import ManagedProcess
+from devstack.rabbitmq import RabbitComponent
+from devstack.seaweedfs import SeaweedComponent
 from shared.settings import Settings
 
 

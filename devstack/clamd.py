@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from services.stack.component import ComponentState, ProcessComponent
-from services.stack.layout import StackError, StackLayout
-from services.stack.probes import ClamdProbe
-from services.stack.processes import ManagedProcess, start_process
+from devstack.component import ComponentState, ProcessComponent
+from devstack.layout import StackError, StackLayout
+from devstack.probes import ClamdProbe
+from devstack.processes import ManagedProcess, start_process
 from shared.settings import Settings
 
 NAME = "clamd"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
-from services.stack.probes import HttpProbe, Probe
-from services.stack.processes import ManagedProcess
+from devstack.probes import HttpProbe, Probe
+from devstack.processes import ManagedProcess
 from shared.settings import NONE_VALUE, Settings
 
 ENTRY_POINT_HINT = "install the project so its `clearance` script exists: pip install -e ."

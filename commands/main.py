@@ -1,5 +1,8 @@
 """The `clearance` console script: one subcommand per process kind.
 
+This is the operator's command (services, migrations, tokens, the local stack); the
+client commands (`upload`, `status`, `watch`) come from `clients.cli`.
+
 Settings come from the environment (`CLEARANCE_*`) and `.env`, parsed once here and
 passed down; invalid settings end the program with a readable message.
 """
@@ -54,6 +57,29 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     done = asyncio.run(run())
     print(f"migrations applied: {done}" if done else "schema is up to date")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Everything a deployment needs before its services start: schema, then bucket."""
+    from shared.bucket import BucketSetupError, configure_bucket
+    from shared.db import ensure_database, migrate
+
+    settings = _settings()
+    _configure_logging(settings)
+
+    async def run() -> list[int]:
+        await ensure_database(settings.database_url)
+        return await migrate(settings.database_url)
+
+    done = asyncio.run(run())
+    print(f"migrations applied: {done}" if done else "schema is up to date")
+    try:
+        configure_bucket(settings)
+    except BucketSetupError as exc:
+        print(f"clearance init: {exc}", file=sys.stderr)
+        return 1
+    print(f"bucket {settings.bucket!r} ready")
     return 0
 
 
@@ -129,7 +155,7 @@ def cmd_relay(args: argparse.Namespace) -> int:
 
 
 def cmd_stack(args: argparse.Namespace) -> int:
-    from services.stack import stack_down, stack_status, stack_up
+    from devstack import stack_down, stack_status, stack_up
 
     settings = _settings()
     if args.action == "up":
@@ -182,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_token)
 
     add_upload_commands(sub)
+
+    p = sub.add_parser(
+        "init", help="prepare a deployment: migrate the database, create and configure the bucket"
+    )
+    p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("migrate", help="create the database if needed and apply migrations")
     p.add_argument("--target", type=int, default=None, help="migrate up or down to this version")

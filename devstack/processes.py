@@ -17,8 +17,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.stack.layout import StackError, StackLayout
-from services.stack.probes import Probe, wait_until
+from devstack.layout import StackError, StackLayout
+from devstack.probes import Probe, wait_until
 
 LOG_TAIL_LINES = 25
 

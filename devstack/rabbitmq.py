@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from services.stack.component import ComponentState, Owner
-from services.stack.layout import StackError, StackLayout
-from services.stack.probes import AmqpProbe, is_loopback, wait_until
-from services.stack.processes import is_ours, listening_pid, read_record, record_for, write_record
+from devstack.component import ComponentState, Owner
+from devstack.layout import StackError, StackLayout
+from devstack.probes import AmqpProbe, is_loopback, wait_until
+from devstack.processes import is_ours, listening_pid, read_record, record_for, write_record
 from shared.settings import Settings
 
 NAME = "rabbitmq"

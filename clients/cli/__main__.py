@@ -1,5 +1,0 @@
-"""python -m clients.cli"""
-
-from clients.cli.main import main
-
-raise SystemExit(main())

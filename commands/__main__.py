@@ -1,0 +1,5 @@
+"""python -m commands"""
+
+from commands.main import main
+
+raise SystemExit(main())
