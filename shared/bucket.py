@@ -12,12 +12,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from shared.s3 import error_code
 from shared.settings import Settings
-
-if TYPE_CHECKING:
-    from botocore.exceptions import ClientError
 
 SETUP_DEADLINE_S = 20.0
 
@@ -117,7 +115,7 @@ def configure_bucket(settings: Settings, s3_url: str | None = None) -> None:
         try:
             _retrying(lambda: s3.head_bucket(Bucket=bucket))
         except ClientError as exc:
-            if _error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
+            if error_code(exc) not in ("404", "NoSuchBucket", "NotFound"):
                 raise
             create: dict[str, Any] = {"Bucket": bucket}
             if settings.s3_region != "us-east-1":
@@ -125,7 +123,7 @@ def configure_bucket(settings: Settings, s3_url: str | None = None) -> None:
             try:
                 _retrying(lambda: s3.create_bucket(**create))
             except ClientError as race:
-                if _error_code(race) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                if error_code(race) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
                     raise
         if settings.cors_origins:
             _retrying(
@@ -146,7 +144,7 @@ def configure_bucket(settings: Settings, s3_url: str | None = None) -> None:
             )
         )
     except ClientError as exc:
-        code = _error_code(exc)
+        code = error_code(exc)
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"):
             raise BucketSetupError(
                 f"the S3 API on {s3_url} rejects CLEARANCE_S3_ACCESS_KEY/SECRET_KEY "
@@ -158,10 +156,6 @@ def configure_bucket(settings: Settings, s3_url: str | None = None) -> None:
         raise BucketSetupError(f"setting up bucket {bucket!r} failed: {exc}") from exc
     finally:
         s3.close()
-
-
-def _error_code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 def _retrying(call: Callable[[], Any]) -> Any:

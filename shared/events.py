@@ -34,7 +34,7 @@ def scan_infected_id(upload_id: uuid.UUID, key: str) -> str:
 
 
 def processing_id(kind: str, upload_id: uuid.UUID, key: str) -> str:
-    """Ids for processing.started / processing.done / processing.rejected."""
+    """Ids for processing.done / processing.rejected."""
     return deterministic_id(kind, upload_id, key)
 
 
@@ -140,11 +140,6 @@ class Thumbnail(BaseModel):
     bytes: int
 
 
-class ProcessingStarted(Event):
-    routing_key: ClassVar[str] = "processing.started"
-    type: Literal["processing.started"] = "processing.started"
-
-
 class ProcessingDone(Event):
     routing_key: ClassVar[str] = "processing.done"
     type: Literal["processing.done"] = "processing.done"
@@ -174,7 +169,6 @@ AnyEvent = Annotated[
     | ScanStarted
     | ScanClean
     | ScanInfected
-    | ProcessingStarted
     | ProcessingDone
     | ProcessingRejected
     | UploadFailed,

@@ -11,9 +11,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aioboto3
-from aiobotocore.config import AioConfig
-
 from shared.presign import Credentials, Presigner
 from shared.settings import Settings
 
@@ -35,6 +32,10 @@ def browser_presigner(settings: Settings) -> Presigner:
 @asynccontextmanager
 async def s3_client(settings: Settings) -> AsyncIterator[Any]:
     """An aiobotocore S3 client with timeouts and bounded retries on every call."""
+    # Imported here: aioboto3 costs ~0.5 s, and tools that only name S3 errors skip it.
+    import aioboto3
+    from aiobotocore.config import AioConfig
+
     session = aioboto3.Session()
     config = AioConfig(
         signature_version="s3v4",
@@ -56,11 +57,18 @@ async def s3_client(settings: Settings) -> AsyncIterator[Any]:
         yield client
 
 
+def error_code(exc: BaseException) -> str:
+    """The S3 error code of a botocore `ClientError` (`NoSuchKey`, `403`, …); "" otherwise."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, dict):
+        return ""
+    return str(response.get("Error", {}).get("Code", ""))
+
+
 def is_not_found(exc: BaseException) -> bool:
     """Whether a botocore ClientError means the object (or upload) does not exist."""
     response = getattr(exc, "response", None)
     if not isinstance(response, dict):
         return False
-    code = str(response.get("Error", {}).get("Code", ""))
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return code in {"404", "NoSuchKey", "NotFound", "NoSuchUpload"} or status == 404
+    return error_code(exc) in {"404", "NoSuchKey", "NotFound", "NoSuchUpload"} or status == 404

@@ -10,15 +10,16 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import start_http_server
 
+from shared.amqp.broker import open_broker
 from shared.amqp.consumer import Consumer, Handler, OnDeadLetter, Reject, run_until_signalled
 from shared.amqp.publisher import Publisher
-from shared.amqp.topology import QueueSpec, connect, declare_topology
+from shared.amqp.topology import QueueSpec
 from shared.events import UploadFailed, failed_id
 from shared.keys import upload_id_from_key
 from shared.pipeline import all_queues
@@ -69,16 +70,11 @@ async def worker_resources(
     settings: Settings, name: str
 ) -> AsyncIterator[tuple[Any, WorkerResources]]:
     """Broker connection (topology declared), confirming publisher and S3 client."""
-    async with AsyncExitStack() as stack:
-        connection = await connect(settings, name=f"clearance-{name}")
-        stack.push_async_callback(connection.close)
-        channel = await connection.channel()
-        await declare_topology(channel, settings, all_queues(settings))
-        await channel.close()
-        publisher = await Publisher.open(connection, settings)
-        stack.push_async_callback(publisher.close)
-        s3 = await stack.enter_async_context(s3_client(settings))
-        yield connection, WorkerResources(settings, s3, publisher)
+    async with (
+        open_broker(settings, name, all_queues(settings)) as broker,
+        s3_client(settings) as s3,
+    ):
+        yield broker.connection, WorkerResources(settings, s3, broker.publisher)
 
 
 async def serve(

@@ -18,27 +18,25 @@ from services.gateway.appkeys import (
     OWNER,
     POOL,
     PRESIGNER,
+    PUBLISHER,
     REQUEST_ID,
     S3,
     SETTINGS,
+    UPLOADS,
     VERIFIER,
 )
 from services.gateway.auth import TokenVerifier
-from services.gateway.broker import broker_context
+from services.gateway.broker import broker_context, recorder_context
 from services.gateway.companion import add_companion_routes
-from services.gateway.completion import CompleteView
-from services.gateway.errors import problem_middleware
 from services.gateway.live import EventsView, listener_context
 from services.gateway.metrics import GatewayMetrics, metrics_middleware
-from services.gateway.multipart import PartsView
 from services.gateway.reconciler import reconciler_context
-from services.gateway.views import (
-    DownloadView,
-    UploadsView,
-    UploadView,
-)
+from services.gateway.storage import Storage
+from services.gateway.uploads import UploadService
+from services.gateway.v1 import CompleteView, DownloadView, PartsView, UploadsView, UploadView
 from services.gateway.web import add_web_routes
 from shared.db import create_pool
+from shared.problems import problem_middleware
 from shared.s3 import browser_presigner, s3_client
 from shared.settings import Settings
 
@@ -123,6 +121,18 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
+async def _uploads(app: web.Application) -> AsyncIterator[None]:
+    app[UPLOADS] = UploadService(
+        app[SETTINGS],
+        app[POOL],
+        Storage(app[S3]),
+        app[PRESIGNER],
+        app.get(PUBLISHER),
+        app[METRICS],
+    )
+    yield
+
+
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
@@ -195,6 +205,9 @@ def create_app(
     app.cleanup_ctx.append(listener_context)
     if with_broker:
         app.cleanup_ctx.append(broker_context)
+    app.cleanup_ctx.append(_uploads)
+    if with_broker:
+        app.cleanup_ctx.append(recorder_context)
     if with_reconciler:
         app.cleanup_ctx.append(reconciler_context)
 

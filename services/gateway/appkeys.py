@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import asyncpg
 from aiohttp import web
 
 from services.gateway.auth import TokenVerifier
 from services.gateway.metrics import GatewayMetrics
-from shared.events import Event
+from services.gateway.uploads import EventPublisher, UploadService
 from shared.presign import Presigner
 from shared.settings import Settings
-
-
-class EventPublisher(Protocol):
-    async def publish(self, event: Event) -> None: ...
-
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -27,6 +22,7 @@ METRICS = web.AppKey("metrics", GatewayMetrics)
 PUBLISHER = web.AppKey("publisher", EventPublisher)
 LISTENER: web.AppKey[Any] = web.AppKey("listener")  # live.Listener
 AMQP: web.AppKey[Any] = web.AppKey("amqp")  # aio_pika robust connection, for readiness
+UPLOADS = web.AppKey("uploads", UploadService)
 
 # Per-request values set by middlewares.
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -7,7 +7,7 @@ from typing import Any
 
 import jwt
 
-from services.gateway.errors import Unauthorized
+from shared.problems import Unauthorized
 from shared.settings import Settings
 
 # Longest `sub` we accept: owners end up in database rows and log lines.

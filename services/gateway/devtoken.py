@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from services.gateway.appkeys import SETTINGS
 from services.gateway.auth import mint_token
-from services.gateway.errors import ServiceUnavailable
-from services.gateway.views import BaseView, json_response
+from services.gateway.base import BaseView, json_response
+from shared.problems import ServiceUnavailable
 
 PATH = "/dev/token"
 DEFAULT_TTL = 900

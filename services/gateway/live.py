@@ -23,12 +23,11 @@ from aiohttp import web
 
 from services.gateway import store
 from services.gateway.appkeys import LISTENER, POOL, SETTINGS
-from services.gateway.views import BaseView
+from services.gateway.base import BaseView
 from shared.db import connect_raw
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_SECONDS = 15.0
 RECONNECT_SECONDS = 1.0
 
 

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from shared.status import Status
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -54,7 +56,7 @@ class MultipartPlan(BaseModel):
 
 class UploadCreated(BaseModel):
     id: uuid.UUID
-    status: str
+    status: Status
     key: str
     expires_at: datetime
     upload: SignedRequest | None = None
@@ -84,15 +86,21 @@ class StoredParts(BaseModel):
 
 class Accepted(BaseModel):
     id: uuid.UUID
-    status: str
+    status: Status
 
 
 class TimelineItem(BaseModel):
     seq: int
-    status: str
+    status: Status
     at: datetime
     actor: str
     detail: dict[str, Any]
+
+
+class StatusEvent(TimelineItem):
+    """The `data` of one SSE `status` event: a timeline entry of upload `id`."""
+
+    id: uuid.UUID
 
 
 class ThumbnailLink(BaseModel):
@@ -112,7 +120,7 @@ class Declared(BaseModel):
 
 class UploadRecord(BaseModel):
     id: uuid.UUID
-    status: str
+    status: Status
     profile: str
     key: str
     filename: str
@@ -131,7 +139,7 @@ class UploadRecord(BaseModel):
 
 class UploadSummary(BaseModel):
     id: uuid.UUID
-    status: str
+    status: Status
     profile: str
     filename: str
     content_type: str

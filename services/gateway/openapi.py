@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
-from services.gateway import companion
+from services.gateway import companion_models as c
 from services.gateway import models as m
 from services.gateway import web as web_routes
 from services.gateway.appkeys import SETTINGS
@@ -107,8 +107,17 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         ],
         "responses": {
             "200": {
-                "description": "An event stream",
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "description": (
+                    "An event stream: `retry: 2000`, then per transition `id: <seq>`,"
+                    " `event: status` and `data: <StatusEvent as JSON>`; `: heartbeat`"
+                    " comments in between"
+                ),
+                "content": {
+                    "text/event-stream": {
+                        "schema": {"type": "string"},
+                        "itemSchema": _ref(m.StatusEvent),
+                    }
+                },
             }
         }
         | _problems(401, 404),
@@ -135,6 +144,120 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     },
 }
 
+_UPPY = ["Uppy Companion compatibility"]
+_UPLOAD_ID = {
+    "name": "uploadId",
+    "in": "path",
+    "required": True,
+    "description": "The storage's multipart upload id, as returned by POST /s3/multipart",
+    "schema": {"type": "string"},
+}
+
+
+def _query(name: str, description: str, required: bool = True) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": {"type": "string"},
+    }
+
+
+def _uppy_errors(*statuses: int) -> dict[str, Any]:
+    return {
+        str(s): {"description": "Error", "content": {JSON: {"schema": _ref(c.CompanionError)}}}
+        for s in statuses
+    }
+
+
+def _uppy(summary: str, answer: dict[str, Any], *statuses: int, **more: Any) -> dict[str, Any]:
+    return {
+        "tags": _UPPY,
+        "summary": summary,
+        "responses": {"200": {"description": "OK", "content": {JSON: {"schema": answer}}}}
+        | _uppy_errors(*statuses),
+        **more,
+    }
+
+
+_KEY = _query("key", "The object key returned when the upload was created")
+
+COMPANION_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
+    ("GET", "/s3/params"): _uppy(
+        "Record an upload and sign a POST policy (single-request upload)",
+        _ref(c.FormUpload),
+        400,
+        401,
+        422,
+        parameters=[
+            _query("filename", "The user's file name (stored, never used as a key)"),
+            _query("type", "Content type; must be allowed by the profile"),
+            _query("metadata[profile]", "Upload profile; chosen by type if absent", False),
+        ],
+    ),
+    ("POST", "/s3/multipart"): _uppy(
+        "Record an upload and start a multipart upload in storage",
+        _ref(c.MultipartStarted),
+        400,
+        401,
+        413,
+        422,
+        requestBody=_body(c.CreateMultipart),
+    ),
+    ("GET", "/s3/multipart/{uploadId}/{partNumber}"): _uppy(
+        "Sign one UploadPart URL (PUT the raw bytes)",
+        _ref(c.SignedPartUrl),
+        400,
+        401,
+        404,
+        409,
+        parameters=[
+            _UPLOAD_ID,
+            {"name": "partNumber", "in": "path", "required": True, "schema": {"type": "integer"}},
+            _KEY,
+        ],
+    ),
+    ("GET", "/s3/multipart/{uploadId}/batch"): _uppy(
+        "Sign several UploadPart URLs (older Uppy clients)",
+        _ref(c.SignedPartUrls),
+        400,
+        401,
+        404,
+        409,
+        parameters=[_UPLOAD_ID, _KEY, _query("partNumbers", "Comma-separated part numbers")],
+    ),
+    ("GET", "/s3/multipart/{uploadId}"): _uppy(
+        "The parts storage holds (resume)",
+        {"type": "array", "items": _ref(c.HeldPart)},
+        400,
+        401,
+        404,
+        409,
+        parameters=[_UPLOAD_ID, _KEY],
+    ),
+    ("POST", "/s3/multipart/{uploadId}/complete"): _uppy(
+        "Complete the upload (ETags quoted or not); the pipeline starts",
+        _ref(c.Completed),
+        400,
+        401,
+        404,
+        409,
+        413,
+        parameters=[_UPLOAD_ID, _KEY],
+        requestBody=_body(c.CompleteMultipart),
+    ),
+    ("DELETE", "/s3/multipart/{uploadId}"): _uppy(
+        "Abort the upload in storage",
+        {"type": "object"},
+        400,
+        401,
+        404,
+        409,
+        parameters=[_UPLOAD_ID, _KEY],
+    ),
+}
+
 SCHEMAS: tuple[type[BaseModel], ...] = (
     m.CreateUpload,
     m.UploadCreated,
@@ -146,6 +269,16 @@ SCHEMAS: tuple[type[BaseModel], ...] = (
     m.SignedParts,
     m.StoredParts,
     m.ProblemDetails,
+    m.StatusEvent,
+    c.FormUpload,
+    c.CreateMultipart,
+    c.MultipartStarted,
+    c.SignedPartUrl,
+    c.SignedPartUrls,
+    c.HeldPart,
+    c.CompleteMultipart,
+    c.Completed,
+    c.CompanionError,
 )
 
 
@@ -156,7 +289,7 @@ def document(app: web.Application | None = None) -> dict[str, Any]:
         components.update(schema.pop("$defs", {}))
         components[model.__name__] = schema
     paths: dict[str, dict[str, Any]] = {}
-    operations = OPERATIONS | companion.OPERATIONS | web_routes.OPERATIONS
+    operations = OPERATIONS | COMPANION_OPERATIONS | web_routes.OPERATIONS
     if app is not None and app[SETTINGS].dev_token_endpoint:
         operations |= web_routes.DEV_OPERATIONS
     for (method, path), op in sorted(operations.items(), key=lambda kv: (kv[0][1], kv[0][0])):

@@ -1,4 +1,8 @@
-"""Upload rules as plain functions: policy checks, key naming, part sizing."""
+"""Upload rules as plain functions: policy checks, profile choice, part sizing.
+
+No I/O here. The rules raise the gateway's precise refusals (below), which each API
+answers in its own envelope.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +12,31 @@ import math
 import unicodedata
 from dataclasses import dataclass
 
-from shared.settings import S3_MAX_PART, S3_MAX_PARTS, MiB, UploadPolicy
+from shared.problems import Conflict, FieldError, PayloadTooLarge, ValidationFailed
+from shared.settings import S3_MAX_PART, S3_MAX_PARTS, S3_MIN_PART, MiB, Settings, UploadPolicy
+
+# Uploads started through the Companion routes (`/s3`) declare no size: Uppy never
+# sends one. Storage enforces the profile's byte range; the landed size is recorded.
+UNDECLARED_SIZE = 0
 
 
-@dataclass(frozen=True, slots=True)
-class FieldError:
-    field: str
-    message: str
+class PolicyRefused(ValidationFailed):
+    """The declared file (or the profile asked for) breaks the upload policy."""
+
+
+class PartsGone(Conflict):
+    """Storage no longer holds the multipart upload (aborted or expired there)."""
+
+
+class PartListRefused(Conflict):
+    """Storage refused to complete with the given part list."""
+
+
+class TooLarge(PayloadTooLarge):
+    """The stored file is outside the profile's byte range."""
+
+    slug = "file-too-large"
+    title = "The file is outside the profile's size range"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +111,70 @@ def check_declared(
 
 def _has_control(name: str) -> bool:
     return any(unicodedata.category(c) in {"Cc", "Cf", "Zl", "Zp"} for c in name)
+
+
+def profile_named(settings: Settings, name: str | None) -> tuple[str, UploadPolicy]:
+    """The profile a `/v1` upload names (the default one if none)."""
+    name = name or settings.default_profile
+    policy = settings.profiles.get(name)
+    if policy is None:
+        raise PolicyRefused(
+            "unknown upload profile",
+            errors=[
+                FieldError("profile", f"must be one of {', '.join(sorted(settings.profiles))}")
+            ],
+        )
+    return name, policy
+
+
+def choose_profile(
+    settings: Settings, content_type: str, requested: str | None, *, multipart: bool
+) -> tuple[str, UploadPolicy]:
+    """The profile an Uppy upload falls under.
+
+    `metadata[profile]` names it; otherwise the default profile if it takes the type,
+    else the tightest profile (smallest maximum) that does. Multipart uploads need a
+    profile that allows multipart.
+    """
+    profiles = settings.profiles
+    if requested:
+        policy = profiles.get(requested)
+        if policy is None:
+            raise PolicyRefused(
+                f"unknown upload profile {requested!r}; use one of {', '.join(sorted(profiles))}"
+            )
+        if multipart and policy.multipart_threshold is None:
+            raise PolicyRefused(
+                f"the {requested} profile takes single-request uploads only, not multipart"
+            )
+        return requested, policy
+    ctype = normalise_content_type(content_type)
+    names = [
+        name
+        for name, policy in profiles.items()
+        if ctype in policy.content_types and (not multipart or policy.multipart_threshold)
+    ]
+    if not names:
+        how = "a multipart upload" if multipart else "an upload"
+        raise PolicyRefused(f"no upload profile takes {ctype or 'an empty type'} as {how}")
+    if settings.default_profile in names:
+        return settings.default_profile, profiles[settings.default_profile]
+    name = min(names, key=lambda n: (profiles[n].max_size, n))
+    return name, profiles[name]
+
+
+def single_request_max(policy: UploadPolicy) -> int:
+    """The largest single POST a profile allows (S3 takes at most 5 GiB in one request)."""
+    return min(policy.max_size, S3_MAX_PART)
+
+
+def max_part_number(policy: UploadPolicy) -> int:
+    """No file within the profile needs a higher part number (parts are ≥ 5 MiB)."""
+    return max(1, min(S3_MAX_PARTS, math.ceil(policy.max_size / S3_MIN_PART)))
+
+
+def size_range(policy: UploadPolicy) -> str:
+    return f"{policy.min_size}..{policy.max_size} bytes"
 
 
 def uses_multipart(policy: UploadPolicy, size: int) -> bool:

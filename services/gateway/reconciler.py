@@ -19,27 +19,23 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import asyncpg
 from aiohttp import web
-from botocore.exceptions import BotoCoreError, ClientError
 
-from services.gateway import store
-from services.gateway.appkeys import METRICS, POOL, PUBLISHER, S3, SETTINGS, EventPublisher
-from services.gateway.landing import landed_event, record_landing
-from services.gateway.lifecycle import Status
-from services.gateway.metrics import GatewayMetrics
-from shared.amqp.publisher import PublishFailed
-from shared.amqp.topology import BrokerUnavailable
+from services.gateway import store, transitions
+from services.gateway.appkeys import SETTINGS, UPLOADS
+from services.gateway.uploads import UploadService
 from shared.events import ObjectCreated, ScanClean, scan_clean_id
-from shared.s3 import is_not_found
-from shared.settings import Settings
+from shared.problems import Problem, ServiceUnavailable
+from shared.status import Status
 
 log = logging.getLogger(__name__)
 
 ACTOR = "reconciler"
 BATCH = 500
+# One reconciler pass at a time across every gateway replica (an advisory lock id).
+LOCK_ID = 0x636C_6561_7200  # "clear"
 # A single PUT may still be in flight when its URL expires (it was started in time).
 LANDING_GRACE = timedelta(minutes=1)
 
@@ -55,28 +51,24 @@ class ReconcileReport:
 
 
 class Reconciler:
-    def __init__(
-        self,
-        settings: Settings,
-        pool: asyncpg.Pool[Any],
-        s3: Any,
-        publisher: EventPublisher | None,
-        metrics: GatewayMetrics,
-    ) -> None:
-        self._settings = settings
-        self._pool = pool
-        self._s3 = s3
-        self._publisher = publisher
-        self._metrics = metrics
+    def __init__(self, uploads: UploadService) -> None:
+        self._uploads = uploads
+        self._settings = uploads.settings
+        self._pool = uploads.pool
+        self._storage = uploads.storage
         # upload id → monotonic time of the last republish, so a stalled upload is
         # nudged once per `stuck_after_seconds`, not on every pass.
         self._nudged: dict[str, float] = {}
 
     async def run_once(self, now: datetime | None = None) -> ReconcileReport:
+        """One pass; a replica finding another's pass under way skips its own."""
         now = now or datetime.now(UTC)
         report = ReconcileReport()
-        await self._overdue(now, report)
-        await self._stalled(now, report)
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", LOCK_ID):
+                return report
+            await self._overdue(now, report)
+            await self._stalled(now, report)
         if report:
             log.info(
                 "reconciled: %d landed, %d expired, %d republished",
@@ -102,31 +94,26 @@ class Reconciler:
             upload = await store.get_upload(self._pool, row["id"])
             if upload is None or upload.status not in (Status.PENDING, Status.UPLOADING):
                 continue
-            head = await self._head(upload)
-            if head is not None:
-                event = landed_event(upload, head, "reconciler")
-                await record_landing(
-                    self._pool, self._publisher, self._metrics, upload, event, actor=ACTOR
-                )
-                report.landed.append(str(upload.id))
-                continue
-            if upload.multipart_upload_id and not await self._abort_multipart(upload):
-                continue
-            result = await store.transition(
-                self._pool,
-                upload.id,
-                to=Status.EXPIRED,
-                event_id=f"expired:{upload.id}",
-                actor=ACTOR,
-                detail={"deadline": upload.expires_at.isoformat()},
-                updates={"reason": "the file never arrived before the upload expired"},
-            )
-            if result is not None and result.entry is not None:
-                self._metrics.transitions.labels(Status.EXPIRED.value).inc()
-                report.expired.append(str(upload.id))
+            try:
+                await self._settle(upload, report)
+            except ServiceUnavailable as exc:  # storage down: the next pass retries
+                log.warning("reconciling %s failed: %s", upload.id, exc.detail)
+
+    async def _settle(self, upload: store.Upload, report: ReconcileReport) -> None:
+        """An overdue upload: landed after all, or expired (its storage cleaned first)."""
+        stored = await self._storage.head(upload.bucket, upload.key)
+        if stored is not None:
+            await self._uploads.land(upload, stored, "reconciler")
+            report.landed.append(str(upload.id))
+            return
+        if upload.multipart_upload_id is not None:
+            await self._storage.abort_multipart(upload)
+        result = await self._uploads.apply(upload, transitions.expired(upload))
+        if result is not None and result.entry is not None:
+            report.expired.append(str(upload.id))
 
     async def _stalled(self, now: datetime, report: ReconcileReport) -> None:
-        if self._publisher is None:
+        if self._uploads.publisher is None:
             return
         stuck = timedelta(seconds=self._settings.stuck_after_seconds)
         rows = await self._pool.fetch(
@@ -146,12 +133,7 @@ class Reconciler:
             if upload is None:
                 continue
             event = await self._work_event(upload)
-            if event is None:
-                continue
-            try:
-                await self._publisher.publish(event)
-            except (PublishFailed, BrokerUnavailable, ConnectionError, TimeoutError) as exc:
-                log.warning("republishing %s for %s failed: %s", event.type, key, exc)
+            if event is None or not await self._uploads.publish(event):
                 continue
             self._nudged[key] = clock
             report.republished.append(key)
@@ -162,8 +144,8 @@ class Reconciler:
                 del self._nudged[key]
 
     async def _work_event(self, upload: store.Upload) -> ObjectCreated | ScanClean | None:
-        head = await self._head(upload)
-        if head is None:
+        stored = await self._storage.head(upload.bucket, upload.key)
+        if stored is None:
             log.warning("stalled upload %s has no object in storage", upload.id)
             return None
         if upload.status is Status.PROCESSING:
@@ -173,44 +155,24 @@ class Reconciler:
                 correlation_id=upload.correlation_id,
                 bucket=upload.bucket,
                 key=upload.key,
-                size=int(head.get("ContentLength", 0)),
+                size=stored.size,
                 duration_ms=0,
                 producer=ACTOR,
             )
-        return landed_event(upload, head, "reconciler")
-
-    async def _head(self, upload: store.Upload) -> dict[str, Any] | None:
-        try:
-            head: dict[str, Any] = await self._s3.head_object(Bucket=upload.bucket, Key=upload.key)
-        except ClientError as exc:
-            if is_not_found(exc):
-                return None
-            raise
-        return head
-
-    async def _abort_multipart(self, upload: store.Upload) -> bool:
-        try:
-            await self._s3.abort_multipart_upload(
-                Bucket=upload.bucket, Key=upload.key, UploadId=upload.multipart_upload_id
-            )
-        except ClientError as exc:
-            if not is_not_found(exc):
-                log.warning("aborting multipart upload of %s failed: %s", upload.id, exc)
-                return False
-        return True
+        return transitions.landed_event(upload, stored, "reconciler")
 
 
 async def reconciler_context(app: web.Application) -> AsyncIterator[None]:
     """Run the reconciler in the background for the app's lifetime."""
     settings = app[SETTINGS]
-    reconciler = Reconciler(settings, app[POOL], app[S3], app.get(PUBLISHER), app[METRICS])
+    reconciler = Reconciler(app[UPLOADS])
 
     async def loop() -> None:
         while True:
             await asyncio.sleep(settings.reconcile_interval_seconds)
             try:
                 await reconciler.run_once()
-            except (asyncpg.PostgresError, OSError, ClientError, BotoCoreError) as exc:
+            except (asyncpg.PostgresError, OSError, Problem) as exc:
                 log.warning("reconcile pass failed, next pass retries: %s", exc)
 
     task = asyncio.create_task(loop(), name="reconciler")

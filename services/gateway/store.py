@@ -17,7 +17,7 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
-from services.gateway.lifecycle import Status, can_transition
+from shared.status import Status, can_transition
 
 NOTIFY_CHANNEL = "clearance_upload_events"
 

@@ -20,7 +20,7 @@ from aiohttp import web
 
 from services.gateway import devtoken
 from services.gateway.appkeys import PRESIGNER, SETTINGS
-from services.gateway.errors import NotFound
+from shared.problems import NotFound
 from shared.settings import Settings
 
 PAGE = "index.html"

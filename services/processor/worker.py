@@ -44,7 +44,7 @@ from shared.events import (
     processing_id,
 )
 from shared.keys import sidecar_key, thumbnail_key, verified_key
-from shared.s3 import is_not_found
+from shared.s3 import error_code, is_not_found
 from shared.sniff import SNIFF_BYTES, sniff_type, type_matches
 from shared.worker import WorkerResources, ensure_upload_object, failure_reporter
 
@@ -304,13 +304,9 @@ class Processor:
             raise Retry(f"storage PUT failed: {exc}") from exc
 
 
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
 def read_failure(exc: ClientError | BotoCoreError) -> Reject | Retry:
     """A changed object can never succeed (reject); anything else may (retry)."""
-    if isinstance(exc, ClientError) and _code(exc) == "PreconditionFailed":
+    if isinstance(exc, ClientError) and error_code(exc) == "PreconditionFailed":
         return Reject("the object changed while it was being processed")
     return Retry(f"storage GET failed: {exc}")
 

@@ -11,11 +11,8 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from http import HTTPStatus
-from typing import Any
 
 import aio_pika.abc
 import orjson
@@ -33,15 +30,16 @@ from services.relay.formats import (
 )
 from services.relay.forwarding import Forwarder
 from services.relay.metrics import RelayMetrics
-from shared.amqp.publisher import Publisher, PublishFailed
-from shared.amqp.topology import QueueSpec, connect, declare_topology
+from shared.amqp.broker import open_broker
+from shared.amqp.publisher import PublishFailed
+from shared.amqp.topology import QueueSpec
 from shared.events import ObjectCreated
 from shared.pipeline import all_queues
+from shared.problems import BadRequest, ServiceUnavailable, Unauthorized, problem_middleware
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-PROBLEM_JSON = "application/problem+json"
 # Entries of large multipart objects list every chunk; bodies of a few MiB happen.
 MAX_BODY_BYTES = 16 * 1024 * 1024
 # Answer within the sender's patience (the local stack gives SeaweedFS's webhook 5 s):
@@ -59,55 +57,6 @@ AMQP = web.AppKey("amqp", aio_pika.abc.AbstractRobustConnection)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class Problem(Exception):
-    """An error answered as RFC 9457 problem+json."""
-
-    def __init__(
-        self, status: int, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
-    ) -> None:
-        super().__init__(detail)
-        self.status = status
-        self.detail = detail
-        self.headers = headers or {}
-        self.extra = extra
-
-    def response(self, request: web.Request) -> web.Response:
-        """The problem+json answer to `request`."""
-        phrase = HTTPStatus(self.status).phrase
-        body = {
-            "type": f"/problems/{phrase.lower().replace(' ', '-')}",
-            "title": phrase,
-            "status": self.status,
-            "detail": self.detail,
-            "instance": request.path,
-            **self.extra,
-        }
-        return web.Response(
-            body=orjson.dumps(body),
-            status=self.status,
-            content_type=PROBLEM_JSON,
-            headers=self.headers,
-        )
-
-
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error as problem+json; an unexpected one is logged and leaks nothing."""
-    try:
-        return await handler(request)
-    except Problem as problem:
-        return problem.response(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {k: v for k, v in exc.headers.items() if k in ("Allow",)}
-        return Problem(exc.status, exc.reason, headers=headers).response(request)
-    except Exception:
-        error_id = uuid.uuid4().hex
-        log.exception("unhandled error %s on %s %s", error_id, request.method, request.path)
-        return Problem(500, "an unexpected error occurred", error_id=error_id).response(request)
-
-
 def _token_matches(header: str | None, expected: str) -> bool:
     scheme, _, token = (header or "").partition(" ")
     # Compared in constant time, and always compared, so timing says nothing.
@@ -121,11 +70,7 @@ async def webhook_auth_middleware(request: web.Request, handler: Handler) -> web
     if request.path.startswith("/hooks/"):
         expected = request.app[SETTINGS].webhook_token.get_secret_value()
         if not _token_matches(request.headers.get("Authorization"), expected):
-            raise Problem(
-                401,
-                "a valid webhook bearer token is required",
-                headers={"WWW-Authenticate": 'Bearer realm="clearance-relay"'},
-            )
+            raise Unauthorized("a valid webhook bearer token is required", realm="clearance-relay")
     return await handler(request)
 
 
@@ -147,10 +92,9 @@ async def _relay(request: web.Request, outcomes: Sequence[Outcome], source: str)
         )
     except PublishFailed as exc:
         log.warning("%s notification not relayed, answering 503: %s", source, exc)
-        raise Problem(
-            503,
+        raise ServiceUnavailable(
             "the event broker did not confirm the event; send the notification again",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
+            retry_after=RETRY_AFTER_S,
         ) from exc
     for event in events:
         log.info("relayed %s %s (%s)", source, event.key, event.event_id)
@@ -167,7 +111,7 @@ async def _read_outcomes(
     except MalformedNotification as exc:
         request.app[METRICS].malformed.labels(source).inc()
         log.warning("malformed %s notification: %s", source, exc.detail)
-        raise Problem(400, exc.detail) from exc
+        raise BadRequest(exc.detail) from exc
 
 
 async def seaweedfs_hook(request: web.Request) -> web.Response:
@@ -215,22 +159,10 @@ async def metrics_view(request: web.Request) -> web.Response:
 
 def _broker(queues: Sequence[QueueSpec]) -> Callable[[web.Application], AsyncIterator[None]]:
     async def context(app: web.Application) -> AsyncIterator[None]:
-        settings = app[SETTINGS]
-        connection = await connect(settings, name="clearance-relay")
-        try:
-            # Every queue exists before the first publish, so nothing is unroutable.
-            channel = await connection.channel()
-            await declare_topology(channel, settings, queues)
-            await channel.close()
-            publisher = await Publisher.open(connection, settings)
-            app[AMQP] = connection
-            app[FORWARDER] = Forwarder(publisher, app[METRICS])
-            try:
-                yield
-            finally:
-                await publisher.close()
-        finally:
-            await connection.close()
+        async with open_broker(app[SETTINGS], "relay", queues) as broker:
+            app[AMQP] = broker.connection
+            app[FORWARDER] = Forwarder(broker.publisher, app[METRICS])
+            yield
 
     return context
 

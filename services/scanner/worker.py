@@ -31,7 +31,7 @@ from shared.events import (
     scan_started_id,
 )
 from shared.keys import quarantine_key
-from shared.s3 import is_not_found
+from shared.s3 import error_code, is_not_found
 from shared.worker import WorkerResources, ensure_upload_object, failure_reporter
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ class Scanner:
         except ClientError as exc:
             if is_not_found(exc):
                 raise FileNotFoundError(event.key) from exc
-            code = exc.response.get("Error", {}).get("Code")
+            code = error_code(exc)
             if code == "PreconditionFailed":
                 raise Reject("the object changed after it landed") from exc
             raise Retry(f"storage GET failed: {code}") from exc

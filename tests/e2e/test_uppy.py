@@ -35,8 +35,7 @@ from aiohttp.test_utils import TestServer
 from PIL import Image
 from playwright.async_api import Browser, Request
 
-from services.gateway.appkeys import PUBLISHER, S3
-from services.gateway.companion import POST_SIGNER
+from services.gateway.appkeys import PRESIGNER, PUBLISHER, S3
 from shared.events import ObjectCreated
 from shared.keys import upload_id_from_key
 from shared.settings import MiB, Settings
@@ -184,7 +183,7 @@ async def test_stock_uppy_uploads_a_photo_and_a_large_video_to_ready(
         + [f"GET /s3/multipart/ID/{n}" for n in range(1, parts + 1)]
     ), calls
 
-    bucket_url = gateway_app[POST_SIGNER].bucket_url(settings.bucket)
+    bucket_url = gateway_app[PRESIGNER].bucket_url(settings.bucket)
     ids = {}
     for name, size in sizes.items():
         key = done[name]["key"]

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import ClientSession, web
 from botocore.exceptions import ClientError
 
-from services.gateway.appkeys import METRICS, POOL, PUBLISHER, S3
+from services.gateway.appkeys import POOL, S3, UPLOADS
 from services.gateway.reconciler import Reconciler
 from shared.settings import MiB, Settings
 from tests.support import Uploads
@@ -215,9 +215,7 @@ async def test_an_abandoned_multipart_upload_is_aborted_by_the_reconciler(
     upload_id = await pool.fetchval(
         "SELECT multipart_upload_id FROM uploads WHERE id = $1::uuid", created["id"]
     )
-    reconciler = Reconciler(
-        settings, pool, gateway_app[S3], gateway_app[PUBLISHER], gateway_app[METRICS]
-    )
+    reconciler = Reconciler(gateway_app[UPLOADS])
     later = datetime.now(UTC) + timedelta(seconds=settings.multipart_abandon_seconds + 60)
     report = await reconciler.run_once(now=later)
     assert created["id"] in report.expired

@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from services.gateway.appkeys import METRICS, POOL, PUBLISHER, S3
+from services.gateway.appkeys import POOL, PUBLISHER, S3, UPLOADS
 from services.gateway.reconciler import Reconciler
 from shared.amqp.topology import dlq_name
 from shared.events import ObjectCreated
@@ -281,9 +281,7 @@ async def test_a_lost_notification_is_recovered_by_the_reconciler(
     created = await uploads.create(data, "image/jpeg")
     await uploads.put(created, data)  # no `complete`, and no relay listening: nothing reported
     assert (await uploads.get(created["id"]))["status"] == "pending"
-    reconciler = Reconciler(
-        settings, gateway_app[POOL], gateway_app[S3], gateway_app[PUBLISHER], gateway_app[METRICS]
-    )
+    reconciler = Reconciler(gateway_app[UPLOADS])
     # A pass after the URL's deadline finds the object and starts the pipeline.
     report = await reconciler.run_once(now=datetime.now(UTC) + timedelta(hours=1))
     assert created["id"] in report.landed

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pydantic import SecretStr
 
 from services.gateway.auth import TokenVerifier, mint_token
-from services.gateway.errors import Unauthorized
+from shared.problems import Unauthorized
 from shared.settings import Settings
 
 

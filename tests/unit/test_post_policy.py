@@ -21,8 +21,7 @@ import botocore.session
 import pytest
 from botocore.config import Config
 
-from shared.post_policy import PostPolicySigner
-from shared.presign import Credentials
+from shared.presign import Credentials, Presigner
 
 Style = Literal["path", "virtual"]
 
@@ -66,8 +65,8 @@ def boto_client(scenario: Scenario) -> Any:
 
 
 @functools.cache
-def ours(scenario: Scenario) -> PostPolicySigner:
-    return PostPolicySigner(
+def ours(scenario: Scenario) -> Presigner:
+    return Presigner(
         endpoint_url=scenario.endpoint,
         region=scenario.region,
         credentials=Credentials(scenario.access_key, scenario.secret_key, scenario.token),
@@ -115,7 +114,7 @@ def upload_conditions(content_type: str, low: int, high: int) -> list[Any]:
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: f"{s.endpoint}-{s.style}")
 def test_upload_policy_is_byte_identical_to_botocore(scenario: Scenario) -> None:
     key = "uploads/0123456789abcdef/6f1c2b9e-0c1d-4a8e-9b7f-0a1b2c3d4e5f"
-    signed = ours(scenario).presign_upload(
+    signed = ours(scenario).presign_form_upload(
         "clearance-uploads",
         key,
         content_type="image/jpeg",
@@ -173,7 +172,7 @@ def test_generated_policies_match_botocore() -> None:
 
 def test_the_policy_pins_what_storage_must_enforce() -> None:
     scenario = SCENARIOS[0]
-    signed = ours(scenario).presign_upload(
+    signed = ours(scenario).presign_form_upload(
         "clearance-uploads", "uploads/k", content_type="video/mp4", min_size=1,
         max_size=2000 * 1024 * 1024, expires_in=60, now=FIXED,
     )  # fmt: skip
@@ -206,7 +205,7 @@ def test_the_policy_pins_what_storage_must_enforce() -> None:
 def test_bucket_url_always_ends_with_a_slash(
     endpoint: str, style: Style, bucket: str, url: str
 ) -> None:
-    signer = PostPolicySigner(
+    signer = Presigner(
         endpoint_url=endpoint,
         region="us-east-1",
         credentials=Credentials("a", "b"),
@@ -226,11 +225,11 @@ def test_bucket_url_always_ends_with_a_slash(
         (lambda s: s.presign_post("upl", "k", now=datetime(2025, 1, 1)), "timezone"),
         (lambda s: s.presign_post("b/d", "k"), "bucket"),
         (
-            lambda s: s.presign_upload("upl", "k", content_type="", min_size=1, max_size=2),
+            lambda s: s.presign_form_upload("upl", "k", content_type="", min_size=1, max_size=2),
             "content_type",
         ),
         (
-            lambda s: s.presign_upload("upl", "k", content_type="a/b", min_size=3, max_size=2),
+            lambda s: s.presign_form_upload("upl", "k", content_type="a/b", min_size=3, max_size=2),
             "min_size",
         ),
     ],
@@ -243,4 +242,4 @@ def test_bad_input_is_refused(call: Any, message: str) -> None:
 def test_bad_endpoints_are_refused() -> None:
     for endpoint in ("ftp://x", "http://", "http://h?x=1", "http://u:p@h"):
         with pytest.raises(ValueError, match="endpoint_url"):
-            PostPolicySigner(endpoint_url=endpoint, region="r", credentials=Credentials("a", "b"))
+            Presigner(endpoint_url=endpoint, region="r", credentials=Credentials("a", "b"))

@@ -10,10 +10,10 @@ import uuid
 import pytest
 from pydantic import ValidationError
 
-from services.gateway.lifecycle import FINAL, Status, can_transition
 from services.gateway.policy import check_declared, checksum_b64, part_layout, uses_multipart
 from shared.keys import object_key, owner_hash, thumbnail_key, upload_id_from_key
 from shared.settings import MiB, Settings, UploadPolicy, default_profiles
+from shared.status import FINAL, Status, can_transition
 
 IMAGE = default_profiles()["image"]
 MEDIA = default_profiles()["media"]

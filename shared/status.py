@@ -1,7 +1,11 @@
-"""The upload state machine (DESIGN §3): pure rules, no I/O.
+"""The upload statuses and their state machine (DESIGN §3): pure rules, no I/O.
 
-Transitions are monotonic: every status has a rank and an upload only ever moves to a
-higher rank, never out of a final state. A duplicate or late event therefore can't
+The one list of statuses: the gateway's records and OpenAPI document, the CLI and
+the tests all take it from here (the browser module's copy is checked against
+`/openapi.json` by a test).
+
+Transitions are monotonic: every status has a rank and an upload only ever moves to
+a higher rank, never out of a final state. A duplicate or late event therefore can't
 move an upload backwards, whatever order messages arrive in.
 """
 
@@ -11,6 +15,8 @@ from enum import StrEnum
 
 
 class Status(StrEnum):
+    """Where an upload stands; `final` ones never change again."""
+
     PENDING = "pending"
     UPLOADING = "uploading"
     UPLOADED = "uploaded"
@@ -35,6 +41,18 @@ class Status(StrEnum):
 FINAL = frozenset(
     {Status.READY, Status.INFECTED, Status.REJECTED, Status.FAILED, Status.EXPIRED, Status.ABORTED}
 )
+# The bytes are in storage (and the pipeline has them, or had them).
+LANDED = frozenset(
+    {
+        Status.UPLOADED,
+        Status.SCANNING,
+        Status.PROCESSING,
+        Status.READY,
+        Status.INFECTED,
+        Status.REJECTED,
+        Status.FAILED,
+    }
+)
 
 _RANK = {
     Status.PENDING: 0,
@@ -47,7 +65,7 @@ _RANK = {
 
 # Expiry and abort only apply before the bytes have landed; later on, a user's DELETE
 # removes the upload instead.
-_BEFORE_LANDING = frozenset({Status.PENDING, Status.UPLOADING})
+BEFORE_LANDING = frozenset({Status.PENDING, Status.UPLOADING})
 
 
 def can_transition(current: Status, to: Status) -> bool:
@@ -55,5 +73,5 @@ def can_transition(current: Status, to: Status) -> bool:
     if current.final or to.rank <= current.rank:
         return False
     if to in (Status.EXPIRED, Status.ABORTED):
-        return current in _BEFORE_LANDING
+        return current in BEFORE_LANDING
     return True
