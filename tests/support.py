@@ -12,6 +12,8 @@ import orjson
 from aiohttp import ClientSession
 from PIL import Image
 
+from shared.status import FINAL
+
 
 def make_jpeg(width: int = 640, height: int = 480, *, exif: Image.Exif | None = None) -> bytes:
     """A real JPEG with some structure, so it is not trivially compressible."""
@@ -19,9 +21,6 @@ def make_jpeg(width: int = 640, height: int = 480, *, exif: Image.Exif | None = 
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=85, exif=exif if exif is not None else Image.Exif())
     return buf.getvalue()
-
-
-FINAL = {"ready", "infected", "rejected", "failed", "expired", "aborted"}
 
 
 class Uploads:

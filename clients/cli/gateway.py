@@ -18,12 +18,11 @@ import orjson
 from aiohttp import ClientError, ClientSession, ClientTimeout
 
 from clients.cli.retry import RetryPolicy, is_retryable_status
+from shared.status import FINAL, LANDED
 
-FINAL_STATUSES = frozenset({"ready", "infected", "rejected", "failed", "expired", "aborted"})
+FINAL_STATUSES = FINAL
 # Statuses at which the bytes are in storage: a rerun has nothing left to send.
-LANDED_STATUSES = frozenset(
-    {"uploaded", "scanning", "processing", "ready", "infected", "rejected", "failed"}
-)
+LANDED_STATUSES = LANDED
 
 CALL_TIMEOUT = ClientTimeout(total=30, sock_connect=10)
 # The gateway sends a heartbeat comment at least every 15 s (by default); a stream

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import time
 
 import jwt
@@ -38,14 +42,26 @@ def test_rs256_with_a_public_key_only() -> None:
     )
     verifier = TokenVerifier(settings)
     assert verifier.owner(f"Bearer {mint_token(settings, 'bob')}") == "bob"
-    # An HS256 token signed with the public key as secret (algorithm confusion) fails.
-    forged = jwt.encode(
-        {"sub": "mallory", "exp": int(time.time()) + 60},
-        "x" * 64,
-        algorithm="HS256",
-    )
+    # Algorithm confusion: an HS256 token whose HMAC secret is the public key's bytes,
+    # which anyone has. A verifier that let the token pick the algorithm would accept it.
+    forged = hs256_signed_with(public.encode(), {"sub": "mallory", "exp": int(time.time()) + 60})
+    # Well-formed and unexpired: only the algorithm pinning can refuse it.
+    assert jwt.get_unverified_header(forged)["alg"] == "HS256"
+    assert jwt.decode(forged, options={"verify_signature": False})["sub"] == "mallory"
     with pytest.raises(Unauthorized):
         verifier.owner(f"Bearer {forged}")
+
+
+def hs256_signed_with(secret: bytes, claims: dict[str, object]) -> str:
+    """A JWT signed by hand (PyJWT refuses a PEM key as an HMAC secret, on purpose)."""
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    signing_input = f"{header}.{b64(json.dumps(claims).encode())}"
+    mac = hmac.new(secret, signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64(mac)}"
 
 
 @pytest.mark.parametrize(

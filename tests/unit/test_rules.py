@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import itertools
+import os
 import uuid
 
 import pytest
@@ -141,8 +142,12 @@ class TestSettings:
         with pytest.raises(ValidationError, match="scanner can fully scan"):
             Settings(profiles={"media": huge, "image": IMAGE})
 
-    def test_defaults_match_the_design(self) -> None:
-        settings = Settings()
+    def test_defaults_match_the_design(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # The defaults themselves: not the developer's environment, nor a `.env` file.
+        for name in list(os.environ):
+            if name.startswith("CLEARANCE_"):
+                monkeypatch.delenv(name)
+        settings = Settings(_env_file=None)
         assert settings.presign_ttl_seconds == 900
         assert settings.profiles["image"].max_size == 10_000_000
         assert settings.profiles["media"].max_size == 2000 * MiB
