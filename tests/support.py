@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import io
 import struct
+import time
 import zipfile
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -133,3 +135,23 @@ def patch_directory(data: bytes, *, size: int | None = None, flags: int | None =
     if flags is not None:
         struct.pack_into("<H", out, at + 8, flags)
     return bytes(out)
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]],
+    *,
+    timeout: float = 30.0,  # noqa: ASYNC109 - a deadline for the condition, not an I/O timeout
+    interval: float = 0.05,
+    what: str | Callable[[], str] = "the condition",
+) -> None:
+    """Wait until `check()` is true (polled every `interval`), or fail after `timeout`.
+
+    The one poll helper of the suite: for outcomes no event announces. `what` (or a
+    function that describes the state at the deadline) names what never happened.
+    """
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            described = what() if callable(what) else what
+            raise AssertionError(f"{described} did not happen within {timeout:g} s")
+        await asyncio.sleep(interval)

@@ -7,7 +7,6 @@ afterwards. Waiting is always on futures/queues or polling with a deadline.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import socket
@@ -43,6 +42,8 @@ from shared.amqp import (
 )
 from shared.events import AnyEvent, ObjectCreated, ScanClean, UploadFailed
 from shared.settings import Settings
+from tests.proxy import LinkProxy
+from tests.support import eventually
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -58,14 +59,6 @@ def make_event(key: str = "uploads/a/b") -> ObjectCreated:
 
 async def next_item(queue: asyncio.Queue[T], timeout: float = WAIT) -> T:  # noqa: ASYNC109
     return await asyncio.wait_for(queue.get(), timeout)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = WAIT) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.02)
 
 
 class Broker:
@@ -584,58 +577,11 @@ async def test_a_message_that_keeps_killing_workers_ends_in_the_dlq(broker: Brok
 # --- resilience ------------------------------------------------------------------------------
 
 
-class TcpProxy:
-    """Forwards TCP to the broker; `cut()` drops every open connection (a network failure)."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self._writers: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
-        port: int = self._server.sockets[0].getsockname()[1]
-        return port
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
-        self._writers |= {writer, up_writer}
-        for source, sink in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pipe(source, sink))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        # A cut connection ends the pipe; that is the point of the proxy.
-        with contextlib.suppress(ConnectionError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        writer.transport.abort()
-
-    def cut(self) -> None:
-        for writer in self._writers:
-            writer.transport.abort()
-        self._writers.clear()
-
-    async def close(self) -> None:
-        self.cut()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
 async def test_consumer_resumes_after_the_connection_is_cut(broker: Broker) -> None:
     url = URL(broker.settings.amqp_url)
-    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5672)
-    proxied = broker.settings.model_copy(
-        update={"amqp_url": str(url.with_port(await proxy.start()))}
-    )
+    proxy = LinkProxy(url.host or "127.0.0.1", url.port or 5672)
+    await proxy.start()
+    proxied = broker.settings.model_copy(update={"amqp_url": str(url.with_port(proxy.proxy_port))})
     try:
         connection = await connect(proxied, reconnect_interval=0.1)
         try:
@@ -648,7 +594,7 @@ async def test_consumer_resumes_after_the_connection_is_cut(broker: Broker) -> N
 
             await publisher.publish(before)
             assert (await next_item(recorder.handled))[0] == before
-            proxy.cut()
+            await proxy.drop()
             await publisher.publish(after)
 
             # The consumer reconnects and consumes again by itself. `before` may come

@@ -24,6 +24,7 @@ import pytest_asyncio
 from services.scanner.clamd import ClamdClient, ClamdUnavailable, ScanIncomplete, ScanResult
 from services.scanner.clamd_conf import render_clamd_conf, signatures_dir, write_clamd_conf
 from shared.settings import CLAMD_HARD_LIMIT, MiB, Settings
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -71,13 +72,12 @@ def tail(log: Path) -> str:
 async def wait_for_pong(
     client: ClamdClient, process: asyncio.subprocess.Process, log: Path
 ) -> None:
-    deadline = time.monotonic() + 30
-    while not await client.ping():
+    async def answers() -> bool:
         if process.returncode is not None:
             pytest.fail(f"clamd exited with {process.returncode}:\n{tail(log)}")
-        if time.monotonic() > deadline:
-            pytest.fail(f"clamd did not answer PING within 30 s:\n{tail(log)}")
-        await asyncio.sleep(0.02)  # poll interval, not a wait for an outcome
+        return await client.ping()
+
+    await eventually(answers, timeout=30, interval=0.02, what=lambda: f"PONG\n{tail(log)}")
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import signal
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aio_pika
@@ -36,6 +36,8 @@ from shared.events import ObjectCreated, parse_event
 from shared.keys import object_key
 from shared.pipeline import all_queues
 from shared.settings import Settings
+from tests.proxy import LinkProxy
+from tests.support import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -48,69 +50,6 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
-
-
-class BrokerProxy:
-    """A TCP proxy in front of RabbitMQ that can hold traffic or cut the link."""
-
-    def __init__(self, target: URL) -> None:
-        self.target_host = target.host or "127.0.0.1"
-        self.target_port = target.port or 5672
-        self.port = 0
-        self._server: asyncio.Server | None = None
-        self._accepting = True
-        self._flowing = asyncio.Event()
-        self._flowing.set()
-        self._links: set[asyncio.StreamWriter] = set()
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if not self._accepting:
-            writer.close()
-            return
-        up_reader, up_writer = await asyncio.open_connection(self.target_host, self.target_port)
-        self._links |= {writer, up_writer}
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.create_task(self._pump(src, dst))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(ConnectionError):
-            while data := await src.read(65536):
-                await self._flowing.wait()
-                dst.write(data)
-                await dst.drain()
-        dst.close()
-
-    def hold(self) -> None:
-        """Stop passing bytes (the broker seems to hang)."""
-        self._flowing.clear()
-
-    def release(self) -> None:
-        self._flowing.set()
-
-    def cut(self) -> None:
-        """Drop every connection and refuse new ones (the broker is gone)."""
-        self._accepting = False
-        for writer in self._links:
-            writer.close()
-        self._links.clear()
-
-    def restore(self) -> None:
-        self._accepting = True
-
-    async def close(self) -> None:
-        self.cut()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
 
 
 class Tap:
@@ -130,15 +69,12 @@ class Tap:
         return event
 
     async def wait_for(self, predicate: Callable[[ObjectCreated], bool]) -> ObjectCreated:
-        deadline = time.monotonic() + WAIT
-        while True:
-            for event in self.seen.values():
-                if predicate(event):
-                    return event
-            if await self.get_now() is None:
-                if time.monotonic() > deadline:
-                    raise AssertionError("the expected object.created never arrived")
-                await asyncio.sleep(0.05)
+        async def seen() -> bool:
+            await self.get_now()
+            return any(predicate(e) for e in self.seen.values())
+
+        await eventually(seen, timeout=WAIT, what="the expected object.created")
+        return next(e for e in self.seen.values() if predicate(e))
 
 
 @pytest.fixture(scope="module")
@@ -372,32 +308,25 @@ async def test_health_and_metrics_are_open_and_count(
 @pytest.fixture
 async def proxied(
     relay_settings: Settings, admin: aio_pika.abc.AbstractRobustConnection
-) -> AsyncIterator[tuple[BrokerProxy, Settings]]:
-    proxy = BrokerProxy(URL(relay_settings.amqp_url))
+) -> AsyncIterator[tuple[LinkProxy, Settings]]:
+    target = URL(relay_settings.amqp_url)
+    proxy = LinkProxy(target.host or "127.0.0.1", target.port or 5672)
     await proxy.start()
-    url = URL(relay_settings.amqp_url).with_port(proxy.port)
+    url = target.with_port(proxy.proxy_port)
     try:
         yield proxy, relay_settings.model_copy(update={"amqp_url": str(url)})
     finally:
         await proxy.close()
 
 
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    deadline = time.monotonic() + WAIT * 2
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.2)
-
-
 async def test_broker_gone_is_503_so_the_sender_retries_and_recovers(
-    proxied: tuple[BrokerProxy, Settings], tap: Tap, http: ClientSession
+    proxied: tuple[LinkProxy, Settings], tap: Tap, http: ClientSession
 ) -> None:
     proxy, settings = proxied
     server = await start_relay(settings)
     try:
         key = new_key(settings)
-        proxy.cut()
+        await proxy.cut()
         async with http.post(
             server.make_url("/hooks/s3"), data=s3_body(settings, key), headers=auth(settings)
         ) as resp:
@@ -406,7 +335,7 @@ async def test_broker_gone_is_503_so_the_sender_retries_and_recovers(
             assert resp.headers["Retry-After"]
         assert await tap.get_now() is None
 
-        proxy.restore()
+        await proxy.restore()
 
         async def delivered() -> bool:
             async with http.post(
@@ -414,14 +343,14 @@ async def test_broker_gone_is_503_so_the_sender_retries_and_recovers(
             ) as resp:
                 return resp.status == 200
 
-        await eventually(delivered)
+        await eventually(delivered, timeout=WAIT * 2, interval=0.2)
         assert (await tap.wait_for(lambda e: e.key == key)).key == key
     finally:
         await server.close()
 
 
 async def test_sigterm_lets_the_in_flight_webhook_finish_before_stopping(
-    proxied: tuple[BrokerProxy, Settings], tap: Tap, http: ClientSession
+    proxied: tuple[LinkProxy, Settings], tap: Tap, http: ClientSession
 ) -> None:
     proxy, settings = proxied
     settings = settings.model_copy(update={"relay_port": free_port()})
@@ -436,16 +365,16 @@ async def test_sigterm_lets_the_in_flight_webhook_finish_before_stopping(
             return stopped.done()
 
     try:
-        await eventually(up)
+        await eventually(up, timeout=WAIT * 2, interval=0.2)
         assert not stopped.done()
         key = new_key(settings)
         proxy.hold()  # the confirm cannot come back yet
         post = asyncio.create_task(
             http.post(base / "hooks/s3", data=s3_body(settings, key), headers=auth(settings))
         )
-        await eventually(lambda: _publishing(http, base))
+        await eventually(lambda: _publishing(http, base), timeout=WAIT * 2, interval=0.2)
         os.kill(os.getpid(), signal.SIGTERM)
-        await eventually(lambda: _refused(http, base))
+        await eventually(lambda: _refused(http, base), timeout=WAIT * 2, interval=0.2)
         assert not post.done()
         proxy.release()
         resp = await asyncio.wait_for(post, WAIT)

@@ -25,7 +25,7 @@ from shared.events import ObjectCreated
 from shared.pipeline import processor_queue, scanner_queue
 from shared.settings import Settings
 from shared.worker import worker_resources
-from tests.support import Uploads, make_jpeg
+from tests.support import Uploads, eventually, make_jpeg
 
 pytestmark = pytest.mark.integration
 
@@ -100,9 +100,10 @@ async def consumers_on(settings: Settings, queue: str) -> int:
 
 
 async def wait_for_status(uploads: Uploads, upload_id: str, status: str) -> None:
-    async with asyncio.timeout(20):
-        while (await uploads.get(upload_id))["status"] != status:
-            await asyncio.sleep(0.05)
+    async def reached() -> bool:
+        return bool((await uploads.get(upload_id))["status"] == status)
+
+    await eventually(reached, timeout=20, what=f"status {status!r}")
 
 
 async def test_a_scanner_killed_mid_scan_loses_nothing(
