@@ -114,6 +114,19 @@ class Settings(BaseSettings):
     dev_token_endpoint: bool = False
     sse_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
 
+    # What one client may take of the gateway. Per-owner limits hold across every
+    # gateway process (PostgreSQL is the shared count).
+    create_rate_per_minute: float = Field(default=120.0, gt=0)  # sustained, per owner
+    create_burst: int = Field(default=60, ge=1)  # creates at once, per owner
+    max_pending_uploads: int = Field(default=200, ge=1)  # not yet landed, per owner
+    max_streams_per_owner: int = Field(default=20, ge=1)  # open SSE streams
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)  # all request headers
+    max_headers: int = Field(default=64, ge=8)  # header fields per request
+    # A connection that has not sent a whole request head this long after connecting
+    # (or after its last answer) is closed: slow-header clients can't hold sockets.
+    http_idle_timeout_seconds: float = Field(default=15.0, gt=0, le=3600)
+    body_read_timeout_seconds: float = Field(default=20.0, gt=0, le=600)
+    max_token_lifetime_seconds: int = Field(default=24 * 3600, ge=60)
     # Auth: HS256 with a shared secret (default) or RS256 with a public key.
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
     jwt_secret: SecretStr = SecretStr("clearance-development-secret-change-me")
@@ -210,9 +223,29 @@ class Settings(BaseSettings):
                 )
         if self.jwt_algorithm == "RS256" and not self.jwt_public_key:
             raise ValueError("jwt_algorithm RS256 needs jwt_public_key (PEM)")
-        if self.environment == "production" and self.dev_token_endpoint:
-            raise ValueError("dev_token_endpoint must stay off in production")
+        if self.environment == "production":
+            self._check_production()
         return self
+
+    def _check_production(self) -> None:
+        """Refuse to run production on development secrets or an open storage."""
+        if self.dev_token_endpoint:
+            raise ValueError("dev_token_endpoint must stay off in production")
+        defaults = type(self).model_fields
+        secrets = {
+            "jwt_secret": self.jwt_algorithm == "HS256",
+            "s3_secret_key": True,
+            "webhook_token": True,
+        }
+        for name, used in secrets.items():
+            default = defaults[name].default.get_secret_value()
+            value = getattr(self, name).get_secret_value()
+            if used and value == default:
+                raise ValueError(f"{name} is the development default; set a real secret")
+        if self.jwt_algorithm == "HS256" and len(self.jwt_secret.get_secret_value()) < 32:
+            raise ValueError("jwt_secret must be at least 32 characters in production")
+        if not self.s3_access_key or self.s3_access_key == defaults["s3_access_key"].default:
+            raise ValueError("s3_access_key is the development default; set real credentials")
 
     @property
     def browser_s3_endpoint(self) -> str:

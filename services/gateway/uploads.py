@@ -19,6 +19,7 @@ from typing import Any, Literal, NoReturn, Protocol
 import asyncpg
 
 from services.gateway import store, transitions
+from services.gateway.limits import OwnerLimits
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.parts import (
     check_part_numbers,
@@ -73,6 +74,7 @@ class UploadService:
         publisher: EventPublisher | None,
         metrics: GatewayMetrics,
     ) -> None:
+        self.limits = OwnerLimits(settings, pool)
         self.settings = settings
         self.pool = pool
         self.storage = storage
@@ -138,6 +140,7 @@ class UploadService:
         except PolicyRefused:
             self.metrics.uploads_created.labels(name, "rejected").inc()
             raise
+        await self.limits.admit_create(owner)
         part_size = part_count = None
         if size is not None:
             multipart = uses_multipart(policy, declared.size)

@@ -60,4 +60,28 @@ MIGRATIONS: tuple[Migration, ...] = (
         DROP TABLE uploads;
         """,
     ),
+    Migration(
+        2,
+        "owner limits",
+        up="""
+        CREATE TABLE owner_buckets (
+            owner      text PRIMARY KEY,
+            tokens     double precision NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE owner_streams (
+            id         uuid PRIMARY KEY,
+            owner      text NOT NULL,
+            expires_at timestamptz NOT NULL
+        );
+        CREATE INDEX owner_streams_owner ON owner_streams (owner, expires_at);
+        CREATE INDEX uploads_owner_open ON uploads (owner)
+            WHERE status IN ('pending', 'uploading');
+        """,
+        down="""
+        DROP INDEX uploads_owner_open;
+        DROP TABLE owner_streams;
+        DROP TABLE owner_buckets;
+        """,
+    ),
 )
