@@ -45,7 +45,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 TOKEN_ENV = "CLEARANCE_TOKEN"  # noqa: S105 (the variable's name, not a secret)
-IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif"})
+IMAGE_TYPES = frozenset(
+    {"image/jpeg", "image/png", "image/gif", "image/heic", "image/heif", "image/avif"}
+)
 IMAGE_PROFILE_MAX = 10_000_000  # the default `image` profile's limit
 
 

@@ -8,6 +8,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from shared.detected import Detected
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -119,7 +121,7 @@ class UploadRecord(BaseModel):
     content_type: str
     size: int
     declared: Declared
-    detected: dict[str, Any] | None
+    detected: Detected | None
     reason: str | None
     multipart: MultipartPlan | None
     thumbnails: list[ThumbnailLink]
