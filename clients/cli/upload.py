@@ -567,6 +567,21 @@ def format_record(record: dict[str, Any]) -> str:
         flat = [f"{k}={v}" for k, v in detected.items() if isinstance(v, str | int | float | bool)]
         if flat:
             lines.append(f"  detected: {' '.join(flat)}")
+        video = detected.get("video")
+        if isinstance(video, dict):
+            named = (video.get("video_codec"), video.get("audio_codec"))
+            codecs = "+".join(str(codec) for codec in named if codec)
+            lines.append(
+                f"  video: {video.get('width')}×{video.get('height')}  "
+                f"{video.get('duration')} s  {codecs}  rotation {video.get('rotation')}"
+            )
+        document = detected.get("document")
+        if isinstance(document, dict):
+            title = f"  {document['title']!r}" if document.get("title") else ""
+            lines.append(
+                f"  document: {document.get('pages')} pages  "
+                f"{document.get('page_width')}×{document.get('page_height')} pt{title}"
+            )
     timeline = record.get("timeline") or []
     if timeline:
         lines.append("  timeline: " + " → ".join(_timeline_item(t) for t in timeline))

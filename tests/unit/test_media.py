@@ -142,11 +142,8 @@ def test_a_short_answer_from_storage_is_an_error_not_data() -> None:
 def test_storage_errors_keep_their_meaning_across_the_process_boundary() -> None:
     import pickle
 
-    error = pickle.loads(
-        pickle.dumps(  # noqa: S301 - our own bytes
-            StorageReadError("gone", changed=True)
-        )
-    )
+    pickled = pickle.dumps(StorageReadError("gone", changed=True))
+    error = pickle.loads(pickled)  # noqa: S301 - our own bytes
     assert (str(error), error.changed) == ("gone", True)
     budget = pickle.loads(pickle.dumps(ReadBudgetExceeded(10, 20)))  # noqa: S301
     assert budget.budget == 10
@@ -289,3 +286,31 @@ async def test_a_crash_is_reported_with_its_signal_and_errors_come_back_as_they_
         with pytest.raises(ValueError, match="bad input"):
             await pool.run(failing_job, timeout=30)
         assert await pool.run(sleep_job, 0, timeout=30) == "slept"
+
+
+def test_the_openapi_document_describes_video_and_document_facts() -> None:
+    from services.gateway.openapi import document
+
+    schemas = document()["components"]["schemas"]
+    assert {"Detected", "DetectedVideo", "DetectedDocument"} <= set(schemas)
+    assert "duration" in schemas["DetectedVideo"]["properties"]
+    assert "pages" in schemas["DetectedDocument"]["properties"]
+
+
+def test_the_cli_prints_video_and_document_facts() -> None:
+    from clients.cli.upload import format_record
+
+    base = {"id": "u1", "status": "ready", "filename": "f", "content_type": "video/mp4"}
+    video = {
+        "width": 240,
+        "height": 320,
+        "duration": 2.0,
+        "video_codec": "h264",
+        "audio_codec": "aac",
+        "rotation": 90,
+    }
+    text = format_record({**base, "detected": {"type": "video/mp4", "video": video}})
+    assert "video: 240×320  2.0 s  h264+aac  rotation 90" in text
+    document = {"pages": 2, "page_width": 595.0, "page_height": 842.0, "title": "Q3"}
+    text = format_record({**base, "detected": {"type": "application/pdf", "document": document}})
+    assert "document: 2 pages  595.0×842.0 pt  'Q3'" in text
