@@ -51,14 +51,6 @@ const uploader = new ClearanceUploader({ gateway: location.origin, token: curren
 
 // ---- formatting --------------------------------------------------------------------
 
-function formatDuration(seconds) {
-  const whole = Math.round(seconds);
-  const h = Math.floor(whole / 3600);
-  const m = Math.floor((whole % 3600) / 60);
-  const s = String(whole % 60).padStart(2, "0");
-  return h ? `${h}:${String(m).padStart(2, "0")}:${s}` : `${m}:${s}`;
-}
-
 function formatBytes(n) {
   if (n < 1000) return `${n} B`;
   const units = ["kB", "MB", "GB", "TB"];
