@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from shared.detected import Detected
 from shared.status import Status
 
 
@@ -127,7 +128,7 @@ class UploadRecord(BaseModel):
     content_type: str
     size: int
     declared: Declared
-    detected: dict[str, Any] | None
+    detected: Detected | None
     reason: str | None
     multipart: MultipartPlan | None
     thumbnails: list[ThumbnailLink]

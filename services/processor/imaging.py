@@ -16,6 +16,7 @@ overlap on helper threads.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import itertools
@@ -39,6 +40,11 @@ PILLOW_FORMATS = {
     "image/png": "PNG",
     "image/gif": "GIF",
     "image/webp": "WEBP",
+    # HEIC/HEIF through pillow-heif (libheif + libde265); AVIF through Pillow's own
+    # plugin (libavif + dav1d, in Pillow's wheels since 11.2).
+    "image/heic": "HEIF",
+    "image/heif": "HEIF",
+    "image/avif": "AVIF",
 }
 
 # WebP settings for derivatives. Measured on a 12 MP photo's 1024 px thumbnail:
@@ -61,8 +67,17 @@ _STRIP_MIN_PIXELS = 1_000_000
 
 _T = TypeVar("_T")
 
-# Errors Pillow raises for malformed or truncated data.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+# Errors Pillow raises for malformed or truncated data (pillow-heif raises
+# RuntimeError for libheif's errors, e.g. pixels beyond what the header declared).
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    struct.error,
+    RuntimeError,
+)
 
 # Image.transpose operations that realise each EXIF orientation (the mapping
 # `ImageOps.exif_transpose` uses).
@@ -185,10 +200,20 @@ def analyse_image(
         return _describe(im, data, frames, detected, sorted(set(sizes), reverse=True), work)
 
 
+@functools.cache
+def _register_heif() -> None:
+    """Teach Pillow to open HEIF (once per process, when the first HEIC arrives)."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+
+
 def _open(
     data: bytes, pillow_format: str, max_pixels: int
 ) -> tuple[ImageFile.ImageFile, int] | Rejection:
     """Read the header with the one allowed decoder and enforce the pixel limit."""
+    if pillow_format == "HEIF":
+        _register_heif()
     try:
         with warnings.catch_warnings():
             # Our own limit below governs; Pillow's soft warning at its global
@@ -274,6 +299,14 @@ def _describe(
         return Rejection("corrupt", f"the {pillow_format} data does not decode: {exc}")
 
     exif, orientation = _exif_summary(im)
+    if pillow_format == "HEIF":
+        # libheif has already turned the pixels upright (HEIF's own irot/imir, which
+        # pillow-heif writes from EXIF orientation) and reset EXIF to 1: report what
+        # the file said, apply nothing more.
+        original = im.info.get("original_orientation")
+        if isinstance(original, int) and 1 <= original <= 8:
+            exif["orientation"] = original
+        orientation = 1
     swap = orientation in _SWAPS_AXES
     width, height = (stored_h, stored_w) if swap else (stored_w, stored_h)
 
@@ -312,6 +345,27 @@ def _describe(
             for size, thumb, encoded in thumbs
         ],
     )
+
+
+def derivatives(picture: Image.Image, sizes: Sequence[int]) -> list[Derivative]:
+    """The WebP thumbnail set of a decoded, upright picture (a video poster, a PDF page).
+
+    The same sizes and encoding as image thumbnails, largest first; each smaller
+    one is made from the next larger one and never upscaled.
+    """
+    work = _Work(None, 1)
+    made: list[Derivative] = []
+    previous: Image.Image | None = None
+    for size in sorted(set(sizes), reverse=True):
+        source = _renderable(picture) if previous is None else previous
+        thumb = _resize(source, _fit(source.width, source.height, size), None, work)
+        if made and previous is not None and previous.size == thumb.size:
+            data = made[-1].data  # smaller than several bounds: encoded once
+        else:
+            data = _encode_webp(thumb)
+        made.append(Derivative(size, thumb.width, thumb.height, data))
+        previous = thumb
+    return made
 
 
 def _sha256(data: bytes) -> str:

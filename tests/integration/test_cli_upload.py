@@ -37,12 +37,13 @@ from clients.cli.upload import (
 from devstack.apps import settings_environment
 from services.gateway.app import create_app
 from shared.settings import MiB, Settings
-from tests.support import make_jpeg
+from tests.support import make_jpeg, tiny_mp4
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-MP4_HEADER = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41"
+# A real, playable MP4: the processor decodes what follows the header now.
+MP4_HEADER = tiny_mp4()
 
 
 def parse(*argv: str) -> argparse.Namespace:

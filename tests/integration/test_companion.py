@@ -29,15 +29,16 @@ from services.gateway.storage import unquoted
 from shared.events import ObjectCreated
 from shared.keys import upload_id_from_key
 from shared.settings import MiB, Settings, UploadPolicy
-from tests.support import Uploads, make_jpeg
+from tests.support import Uploads, make_jpeg, pdf_file, tiny_mp4
 
 pytestmark = pytest.mark.integration
 
-MP4_HEADER = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41"
+# A real, playable MP4: the processor decodes what follows the header now.
+MP4_HEADER = tiny_mp4()
 
 
 def mp4_like(size: int) -> bytes:
-    """An ISO-BMFF header (what sniffing looks for) followed by incompressible bytes."""
+    """A small real MP4 followed by incompressible bytes."""
     return MP4_HEADER + os.urandom(size - len(MP4_HEADER))
 
 
@@ -187,7 +188,7 @@ async def test_a_post_upload_without_notification_is_found_by_the_reconciler(
     assert status == 200, signed
     conditions = json.loads(base64.b64decode(signed["fields"]["policy"]))["conditions"]
     assert ["content-length-range", 1, 2000 * MiB] in conditions
-    data = b"%PDF-1.4\n" + os.urandom(4000) + b"\n%%EOF\n"
+    data = pdf_file()
     assert await companion.post_form(signed, data) == 201
 
     upload_id = upload_id_of(settings, signed["fields"]["key"])
