@@ -7,14 +7,21 @@ import io
 import struct
 import time
 import zipfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 from aiohttp import ClientSession
 from PIL import Image
 
+from services.processor.worker import build_processor, process_pool
+from services.scanner.worker import build_scanner
+from shared.amqp.consumer import Consumer
+from shared.pipeline import processor_queue, scanner_queue
+from shared.settings import Settings
 from shared.status import FINAL
+from shared.worker import worker_resources
 
 
 def make_jpeg(width: int = 640, height: int = 480, *, exif: Image.Exif | None = None) -> bytes:
@@ -368,3 +375,27 @@ class _Rc4Security:
         return re.sub(
             rb"\(([^()]*)\)", lambda m: b"<" + _rc4(key, m.group(1)).hex().encode() + b">", body
         )
+
+
+@asynccontextmanager
+async def pipeline_workers(settings: Settings, name: str) -> AsyncIterator[None]:
+    """The scanner and the processor consuming in this process, drained on exit."""
+    with process_pool(1) as pool:
+        async with worker_resources(settings, name) as (connection, resources):
+            scan, scan_dead = await build_scanner(resources)
+            proc, proc_dead = await build_processor(resources, pool)
+            consumers = [
+                Consumer(
+                    connection, settings, scanner_queue(settings), scan, on_dead_letter=scan_dead
+                ),
+                Consumer(
+                    connection, settings, processor_queue(settings), proc, on_dead_letter=proc_dead
+                ),
+            ]
+            for consumer in consumers:
+                await consumer.start()
+            try:
+                yield
+            finally:
+                for consumer in consumers:
+                    await consumer.drain(5)

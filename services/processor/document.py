@@ -22,14 +22,13 @@ import pypdfium2
 import pypdfium2.raw as pdfium_c
 from PIL import Image
 
-from services.processor.imaging import Rejection, derivatives
+from services.processor.imaging import Rejection
 from services.processor.media import (
     MediaLimits,
     MediaReport,
     MediaSource,
+    analyse,
     clean_text,
-    open_reader,
-    read_stats,
 )
 from services.processor.ranged import RangedReader
 from shared.detected import DetectedDocument
@@ -40,21 +39,7 @@ MAX_PAGE_POINTS = 14_400.0
 
 def analyse_pdf(source: MediaSource, detected: str, limits: MediaLimits) -> MediaReport | Rejection:
     """Describe the PDF at `source` and make its first-page thumbnails (pool process)."""
-    reader, fetcher = open_reader(source, limits)
-    try:
-        outcome = describe_pdf(reader, limits)
-    finally:
-        fetcher.close()
-    if isinstance(outcome, Rejection):
-        return outcome
-    facts, picture = outcome
-    return MediaReport(
-        kind="document",
-        detected_type=detected,
-        facts=facts.model_dump(mode="json"),
-        derivatives=derivatives(picture, limits.sizes),
-        read=read_stats(reader, fetcher),
-    )
+    return analyse("document", source, detected, limits, lambda r: describe_pdf(r, limits))
 
 
 def describe_pdf(

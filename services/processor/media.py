@@ -8,9 +8,13 @@ scanned version by its ETag.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.processor.imaging import Derivative
+from PIL import Image
+from pydantic import BaseModel
+
+from services.processor.imaging import Derivative, Rejection, derivatives
 from services.processor.ranged import HttpRangeFetcher, RangedReader
 
 # Titles, authors and other text a file carries are attacker-controlled.
@@ -63,6 +67,30 @@ def open_reader(source: MediaSource, limits: MediaLimits) -> tuple[RangedReader,
 
 def read_stats(reader: RangedReader, fetcher: HttpRangeFetcher) -> ReadStats:
     return ReadStats(reader.bytes_fetched, reader.requests, fetcher.seconds)
+
+
+Describe = Callable[[RangedReader], "tuple[BaseModel, Image.Image] | Rejection"]
+
+
+def analyse(
+    kind: str, source: MediaSource, detected: str, limits: MediaLimits, describe: Describe
+) -> MediaReport | Rejection:
+    """Read the object through a ranged reader, describe it, make its thumbnail set."""
+    reader, fetcher = open_reader(source, limits)
+    try:
+        outcome = describe(reader)
+    finally:
+        fetcher.close()
+    if isinstance(outcome, Rejection):
+        return outcome
+    facts, picture = outcome
+    return MediaReport(
+        kind=kind,
+        detected_type=detected,
+        facts=facts.model_dump(mode="json"),
+        derivatives=derivatives(picture, limits.sizes),
+        read=read_stats(reader, fetcher),
+    )
 
 
 def clean_text(value: object, limit: int = TEXT_MAX) -> str | None:

@@ -25,14 +25,13 @@ import av.error
 import av.logging
 from PIL import Image
 
-from services.processor.imaging import Rejection, derivatives
+from services.processor.imaging import Rejection
 from services.processor.media import (
     MediaLimits,
     MediaReport,
     MediaSource,
+    analyse,
     clean_text,
-    open_reader,
-    read_stats,
 )
 from services.processor.ranged import RangedReader, ReadBudgetExceeded
 from shared.detected import DetectedVideo
@@ -65,21 +64,7 @@ def analyse_video(
     # FFmpeg's own error line ("moov atom not found") rides on the exceptions
     # only while its logging is on.
     av.logging.set_level(av.logging.ERROR)
-    reader, fetcher = open_reader(source, limits)
-    try:
-        outcome = describe_video(reader, detected, limits)
-    finally:
-        fetcher.close()
-    if isinstance(outcome, Rejection):
-        return outcome
-    facts, picture = outcome
-    return MediaReport(
-        kind="video",
-        detected_type=detected,
-        facts=facts.model_dump(mode="json"),
-        derivatives=derivatives(picture, limits.sizes),
-        read=read_stats(reader, fetcher),
-    )
+    return analyse("video", source, detected, limits, lambda r: describe_video(r, detected, limits))
 
 
 def describe_video(

@@ -17,13 +17,8 @@ from aiohttp import ClientSession
 from PIL import Image
 from prometheus_client import REGISTRY
 
-from services.processor.worker import build_processor, process_pool
-from services.scanner.worker import build_scanner
-from shared.amqp.consumer import Consumer
-from shared.pipeline import processor_queue, scanner_queue
 from shared.settings import Settings
-from shared.worker import worker_resources
-from tests.support import Uploads, make_jpeg, make_video, pdf_file
+from tests.support import Uploads, make_jpeg, make_video, pdf_file, pipeline_workers
 
 pytestmark = pytest.mark.integration
 
@@ -37,25 +32,8 @@ JOB_SECONDS = 6.0
 async def workers(settings: Settings, gateway: str) -> AsyncIterator[None]:
     """Scanner and processor in this process, the processor with a short job limit."""
     limited = settings.model_copy(update={"processor_job_seconds": JOB_SECONDS})
-    with process_pool(1) as pool:
-        async with worker_resources(limited, "test-media-workers") as (connection, resources):
-            scan, scan_dead = await build_scanner(resources)
-            proc, proc_dead = await build_processor(resources, pool)
-            consumers = [
-                Consumer(
-                    connection, limited, scanner_queue(limited), scan, on_dead_letter=scan_dead
-                ),
-                Consumer(
-                    connection, limited, processor_queue(limited), proc, on_dead_letter=proc_dead
-                ),
-            ]
-            for consumer in consumers:
-                await consumer.start()
-            try:
-                yield
-            finally:
-                for consumer in consumers:
-                    await consumer.drain(5)
+    async with pipeline_workers(limited, "test-media-workers"):
+        yield
 
 
 @pytest.fixture
