@@ -8,10 +8,12 @@ and a gateway killed while a batch is in flight.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -128,6 +130,52 @@ async def test_eicar_is_infected_and_a_spoofed_type_is_rejected(client: Deployme
         f"{EDGE}/v1/uploads/{infected}/download", headers=client.headers, allow_redirects=False
     ) as resp:
         assert resp.status == 409  # never served
+
+
+async def test_the_demo_page_at_the_published_url_takes_a_photo_to_ready(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """A user's view: the page from the edge, a pasted token, a dropped photo, a thumbnail."""
+    from playwright.async_api import async_playwright, expect
+
+    from tests.e2e.conftest import CHROMIUM_ARGS, chromium_path
+
+    token = deployment.token("demo-page")
+    photo = base64.b64encode(make_jpeg()).decode()
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=chromium_path(), args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 1100, "height": 800})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            await page.goto(f"{EDGE}/")
+            await expect(page.locator("body")).to_have_attribute("data-ready", "true")
+            await page.fill("#token", token)
+            transfer = await page.evaluate_handle(
+                """(b64) => {
+                  const dt = new DataTransfer();
+                  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+                  dt.items.add(new File([bytes], "photo.jpg", {type: "image/jpeg"}));
+                  return dt;
+                }""",
+                photo,
+            )
+            await page.dispatch_event("#dropzone", "drop", {"dataTransfer": transfer})
+            card = page.locator('.card[data-file="photo.jpg"]')
+            await expect(card).to_have_attribute("data-phase", "ready", timeout=90_000)
+            thumbnail = card.get_by_role("img", name="Thumbnail of photo.jpg")
+            await page.wait_for_function(
+                "(img) => img.complete && img.naturalWidth > 0",
+                arg=await thumbnail.element_handle(),
+            )
+            await page.screenshot(path=tmp_path / "demo.png", full_page=True)
+            if target := os.environ.get("CLEARANCE_DEMO_SCREENSHOT"):
+                await page.screenshot(path=target, full_page=True)
+            assert not errors, errors
+        finally:
+            await browser.close()
 
 
 async def test_a_120_mib_multipart_upload_reaches_ready(client: DeploymentClient) -> None:
