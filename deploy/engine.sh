@@ -326,5 +326,5 @@ case ${1:-} in
   test) shift; cmd_test "$@" ;;
   status) cmd_status ;;
   check) cmd_check ;;
-  *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,/^set -euo/{/^set -euo/d;p}' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

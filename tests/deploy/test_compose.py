@@ -132,6 +132,29 @@ async def test_eicar_is_infected_and_a_spoofed_type_is_rejected(client: Deployme
         assert resp.status == 409  # never served
 
 
+async def test_an_upload_whose_webhook_was_lost_is_caught_up_from_the_filer_log(
+    deployment: Deployment, client: DeploymentClient
+) -> None:
+    """Relay down while the bytes land, and no `complete` call: only the relay's catch-up
+    (`weed filer.meta.tail` against the seaweedfs service) can move this upload on."""
+    await asyncio.to_thread(deployment.run, "stop", "relay")
+    try:
+        data = make_jpeg()
+        created = await client.create(data, "image/jpeg")
+        await client.put_bytes(created["upload"]["url"], created["upload"]["headers"], data)
+        assert (await client.record(created["id"]))["status"] == "pending"
+    finally:
+        await asyncio.to_thread(deployment.run, "up", "--detach", "--wait", "relay")
+    events = await client.follow(created["id"])
+    assert events[-1]["status"] == "ready", events
+    record = await client.record(created["id"])
+    check_timeline(record, "ready")
+    # Landed through storage's own log (not `complete`, and long before the reconciler).
+    for entry in record["timeline"]:
+        if entry["status"] == "uploaded":
+            assert entry["detail"]["via"] == "seaweedfs", entry
+
+
 async def test_the_demo_page_at_the_published_url_takes_a_photo_to_ready(
     deployment: Deployment, tmp_path: Path
 ) -> None:
