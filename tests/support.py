@@ -7,6 +7,7 @@ import io
 import struct
 import time
 import zipfile
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -123,6 +124,38 @@ class Uploads:
                 name, _, value = line.partition(": ")
                 event[name] = value
         return received
+
+
+def many_frame_gif(frames: int) -> bytes:
+    """A GIF89a of `frames` 1×1 px frames, black and white in turn, made byte by byte
+    (Pillow takes ~1 ms per frame to write one): 23 bytes a frame."""
+    out = bytearray(b"GIF89a" + struct.pack("<HHBBB", 1, 1, 0x80, 0, 0) + b"\0\0\0\xff\xff\xff")
+    out += b"\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00"  # loop forever
+    for index in range(frames):
+        out += b"\x21\xf9\x04\x00\x01\x00\x00\x00"  # graphic control: 10 ms
+        out += b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0)  # image descriptor
+        # LZW, minimum code size 2: clear, the pixel's index, end of information.
+        out += b"\x02\x02" + (b"\x44\x01" if index % 2 == 0 else b"\x4c\x01") + b"\x00"
+    out += b"\x3b"
+    return bytes(out)
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    """One PNG chunk: length, type, body, CRC."""
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def with_png_chunk(png: bytes, kind: bytes, body: bytes) -> bytes:
+    """The PNG with a chunk inserted right after IHDR."""
+    after_ihdr = 8 + 12 + struct.unpack(">I", png[8:12])[0]
+    return png[:after_ihdr] + png_chunk(kind, body) + png[after_ihdr:]
+
+
+def make_png(width: int = 320, height: int = 240) -> bytes:
+    img = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
 
 
 def make_zip(**files: bytes) -> bytes:
