@@ -6,6 +6,7 @@ Nested values (profiles) are JSON, e.g. `CLEARANCE_PROFILES='{"image": {...}}'`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,6 +21,8 @@ CLAMD_HARD_LIMIT = 2_147_483_645
 
 # How an environment variable says "None" (e.g. CLEARANCE_SCANNER_METRICS_PORT=null).
 NONE_VALUE = "null"
+
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 # S3's own multipart limits.
 S3_MIN_PART = 5 * MiB
@@ -232,6 +235,11 @@ class Settings(BaseSettings):
                 f"default_profile {self.default_profile!r} is not a configured profile"
             )
         for name, policy in self.profiles.items():
+            if not PROFILE_NAME.fullmatch(name):
+                # The name travels with the object as signed S3 metadata (a header).
+                raise ValueError(
+                    f"profile name {name!r} must be 1..64 of A-Z, a-z, 0-9, '_', '.', '-'"
+                )
             if policy.max_size > self.clamd_max_bytes:
                 raise ValueError(
                     f"profile {name!r} allows {policy.max_size} bytes but the scanner can fully "

@@ -47,7 +47,7 @@ from services.gateway.transitions import Move
 from shared.amqp.publisher import PublishFailed
 from shared.amqp.topology import BrokerUnavailable
 from shared.events import Event
-from shared.keys import object_key, sidecar_key, verified_key
+from shared.keys import PROFILE_METADATA, object_key, sidecar_key, verified_key
 from shared.presign import PresignedPost, PresignedRequest, Presigner
 from shared.problems import Conflict, FieldError, NotFound, ServiceUnavailable, ValidationFailed
 from shared.settings import Settings, UploadPolicy
@@ -151,7 +151,9 @@ class UploadService:
         bucket = self.settings.bucket
         mpu_id = None
         if multipart:
-            mpu_id = await self.storage.create_multipart(bucket, key, declared.content_type)
+            mpu_id = await self.storage.create_multipart(
+                bucket, key, declared.content_type, metadata={PROFILE_METADATA: name}
+            )
         upload = store.Upload.pending(
             id=upload_id,
             owner=owner,
@@ -176,7 +178,8 @@ class UploadService:
     # -- signing -------------------------------------------------------------------
 
     def sign_put(self, upload: store.Upload) -> PresignedRequest:
-        """The single PUT storage accepts only as declared (type, length, SSE, SHA-256)."""
+        """The single PUT storage accepts only as declared (type, length, SSE, SHA-256),
+        carrying the upload's profile."""
         return self.presigner.presign_put(
             upload.bucket,
             upload.key,
@@ -184,12 +187,13 @@ class UploadService:
             content_length=upload.size,
             sse="AES256",
             checksum_sha256=upload.sha256,
+            metadata={PROFILE_METADATA: upload.profile},
             expires_in=self.settings.presign_ttl_seconds,
             now=upload.created_at,
         )
 
     def sign_form(self, upload: store.Upload) -> PresignedPost:
-        """A POST form scoped to the key, type, SSE and the profile's byte range."""
+        """A POST form scoped to the key, type, SSE, the profile's byte range and name."""
         policy = self.policy_of(upload)
         return self.presigner.presign_form_upload(
             upload.bucket,
@@ -197,6 +201,7 @@ class UploadService:
             content_type=upload.content_type,
             min_size=policy.min_size,
             max_size=single_request_max(policy),
+            metadata={PROFILE_METADATA: upload.profile},
             expires_in=self.settings.presign_ttl_seconds,
             now=upload.created_at,
         )

@@ -160,6 +160,11 @@ class TestSettings:
         )
         assert Settings().profiles["image"].content_types == frozenset({"image/png"})
 
+    @pytest.mark.parametrize("name", ["ph otos", "phötos", "-x", "a" * 65, ""])
+    def test_profile_names_must_be_sendable_as_object_metadata(self, name: str) -> None:
+        with pytest.raises(ValidationError, match="profile name"):
+            Settings(_env_file=None, profiles={"image": IMAGE, name: IMAGE})
+
 
 class TestProductionSettings:
     def test_development_secrets_are_refused(self) -> None:
