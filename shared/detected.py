@@ -52,13 +52,32 @@ class Detected(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     type: str | None = Field(default=None, description="The type the content proves")
-    size: int | None = Field(default=None, description="Real size in bytes")
-    sha256: str | None = None
+    size: int | None = Field(default=None, description="Real size in bytes, as uploaded")
+    sha256: str | None = Field(default=None, description="SHA-256 (hex) of the bytes uploaded")
     width: int | None = Field(default=None, description="Images: after EXIF orientation")
     height: int | None = None
     format: str | None = None
     mode: str | None = None
     frames: int | None = None
     exif: dict[str, Any] | None = None
+    metadata_bytes: int | None = Field(
+        default=None,
+        description="Images: bytes of metadata and other non-image data (text, EXIF, XMP, "
+        "ICC, comments, application and unknown blocks); absent for HEIC/AVIF",
+    )
+    trailing_bytes: int | None = Field(
+        default=None,
+        description="Images: bytes after the image's end (JPEG EOI, PNG IEND, GIF trailer, "
+        "WebP RIFF size); absent for HEIC/AVIF",
+    )
+    trailing_bytes_removed: int | None = Field(
+        default=None, description="Images: trailing bytes left out of the download (`strip`)"
+    )
+    served_size: int | None = Field(
+        default=None, description="Images: bytes the download serves (the image alone or all)"
+    )
+    served_sha256: str | None = Field(
+        default=None, description="Images: SHA-256 (hex) of the bytes the download serves"
+    )
     video: DetectedVideo | None = None
     document: DetectedDocument | None = None

@@ -31,7 +31,11 @@ S3_MAX_PARTS = 10_000
 
 
 class UploadPolicy(BaseModel):
-    """What one upload profile accepts, checked before any URL exists."""
+    """What one upload profile accepts.
+
+    The declared file is checked before any URL exists (type, name, size); the
+    landed bytes by the processor (the image fields below, read from the file).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -43,6 +47,16 @@ class UploadPolicy(BaseModel):
     # Sizes strictly above this use S3 multipart; None means single PUT only.
     multipart_threshold: int | None = Field(default=None, ge=S3_MIN_PART)
     thumbnails: bool = False
+    # Images: read from the container's structure before any pixel is decoded (JPEG,
+    # PNG, GIF, WebP; frames also for HEIC/AVIF). None means no limit.
+    # Frames of an animated GIF/PNG/WebP (or images of a HEIF sequence).
+    max_frames: int | None = Field(default=1000, ge=1)
+    # Bytes that are neither pixels nor their framing: text/zTXt/iTXt chunks, EXIF,
+    # XMP, ICC profiles, comments, application and unknown blocks, all together.
+    max_metadata_bytes: int | None = Field(default=1 * MiB, ge=0)
+    # Bytes after the image's end (JPEG EOI, PNG IEND, GIF trailer, WebP RIFF size):
+    # `strip` serves the image alone, `reject` refuses the file, `keep` serves it whole.
+    trailing_data: Literal["strip", "reject", "keep"] = "strip"
 
     @model_validator(mode="after")
     def _consistent(self) -> UploadPolicy:
@@ -83,6 +97,10 @@ def default_profiles() -> dict[str, UploadPolicy]:
             ),
             max_size=2000 * MiB,
             multipart_threshold=100 * MiB,
+            # Originals are kept as uploaded (a motion photo's video follows its JPEG).
+            max_frames=10_000,
+            max_metadata_bytes=16 * MiB,
+            trailing_data="keep",
         ),
     }
 

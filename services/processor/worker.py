@@ -42,12 +42,14 @@ from services.processor.imaging import (
     PILLOW_FORMATS,
     Derivative,
     FileReport,
+    ImagePolicy,
     ImageReport,
     Rejection,
     analyse_image,
 )
 from services.processor.media import MediaLimits, MediaReport, MediaSource
 from services.processor.pool import JobCrashed, JobPool, JobTimeout, describe_exit
+from services.processor.profiles import image_policy, profile_of
 from services.processor.ranged import StorageReadError
 from services.processor.video import VIDEO_TYPES, analyse_video
 from shared.amqp.consumer import Delivery, Handler, OnDeadLetter, Reject, Retry
@@ -145,8 +147,12 @@ class Processor:
         # Every read below is pinned to this version: a client re-using its upload URL
         # can't swap the bytes between the checks and the verified copy.
         pinned = {"IfMatch": f'"{etag}"'} if etag else {}
+        profile = profile_of(self._settings, head.get("Metadata"))
+        if not profile.recorded:
+            log.warning("the object names no known profile; applying %s", profile.name, extra=extra)
 
         outcome: ImageReport | MediaReport | FileReport | Rejection
+        served: bytes | None = None  # what the verified copy holds, if not the whole object
         if declared in IMAGE_TYPES and size <= MAX_IMAGE_BYTES:
             data = await self._read(event, pinned)
             outcome = await self._in_pool(
@@ -156,7 +162,10 @@ class Processor:
                 tuple(self._settings.thumbnail_sizes),
                 self._settings.max_image_pixels,
                 self._settings.processor_threads,
+                image_policy(profile.policy),
             )
+            if isinstance(outcome, ImageReport) and outcome.trailing_bytes_removed:
+                served = data[: outcome.served_size]  # a prefix of the scanned bytes
         elif declared in MEDIA_TYPES and size > 0:
             outcome = await self._describe_media(event, declared, size, etag, pinned)
         else:
@@ -179,7 +188,7 @@ class Processor:
             log.info("rejected (%s): %s", outcome.code, outcome.reason, extra=extra)
             return
 
-        await self._keep_verified(event, etag)
+        await self._keep_verified(event, etag, served, head)
         thumbnails: list[Thumbnail] = []
         metadata: dict[str, Any]
         if isinstance(outcome, MediaReport):
@@ -211,6 +220,12 @@ class Processor:
                 "mode": outcome.mode,
                 "frames": outcome.frames,
                 "exif": outcome.exif,
+                "metadata_bytes": outcome.metadata_bytes,
+                "trailing_bytes": outcome.trailing_bytes,
+                "trailing_bytes_removed": outcome.trailing_bytes_removed,
+                # What the download serves: the upload, or its image alone.
+                "served_size": outcome.served_size,
+                "served_sha256": outcome.served_sha256,
             }
         else:
             metadata = {
@@ -248,9 +263,19 @@ class Processor:
             log.warning("unreadable sidecar for %s; processing again", event.key)
             return None
 
-    async def _keep_verified(self, event: ScanClean, etag: str) -> None:
-        """Copy the verified version where no client URL can write; downloads read it."""
+    async def _keep_verified(
+        self, event: ScanClean, etag: str, served: bytes | None, head: dict[str, Any]
+    ) -> None:
+        """Copy the verified version where no client URL can write; downloads read it.
+
+        `served` (the image without its trailing data) is written instead of a copy.
+        """
         target = verified_key(self._settings.verified_prefix, event.key)
+        if served is not None:
+            await self._put(
+                target, served, str(head.get("ContentType", "")), head.get("Metadata") or {}
+            )
+            return
         params: dict[str, Any] = {
             "Bucket": event.bucket,
             "Key": target,
@@ -426,7 +451,9 @@ class Processor:
             )
         return written
 
-    async def _put(self, key: str, data: bytes, content_type: str) -> None:
+    async def _put(
+        self, key: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None
+    ) -> None:
         try:
             await self._s3.put_object(
                 Bucket=self._settings.bucket,
@@ -434,6 +461,7 @@ class Processor:
                 Body=data,
                 ContentType=content_type,
                 ServerSideEncryption="AES256",
+                Metadata=metadata or {},
             )
         except (ClientError, BotoCoreError) as exc:
             raise Retry(f"storage PUT failed: {exc}") from exc
@@ -447,11 +475,21 @@ def read_failure(exc: ClientError | BotoCoreError) -> Reject | Retry:
 
 
 def _analyse_image_job(
-    data: bytes, declared: str, sizes: tuple[int, ...], max_pixels: int, threads: int
+    data: bytes,
+    declared: str,
+    sizes: tuple[int, ...],
+    max_pixels: int,
+    threads: int,
+    policy: ImagePolicy,
 ) -> ImageReport | Rejection:
     """Runs in a worker process."""
     return analyse_image(
-        data, declared_type=declared, sizes=sizes, max_pixels=max_pixels, threads=threads
+        data,
+        declared_type=declared,
+        sizes=sizes,
+        max_pixels=max_pixels,
+        threads=threads,
+        policy=policy,
     )
 
 
