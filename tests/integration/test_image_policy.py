@@ -19,20 +19,16 @@ from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
 from services.gateway.app import create_app
-from services.processor.worker import build_processor, process_pool
-from services.scanner.worker import build_scanner
-from shared.amqp.consumer import Consumer
 from shared.keys import PROFILE_METADATA, verified_key
-from shared.pipeline import processor_queue, scanner_queue
 from shared.s3 import s3_client
 from shared.settings import MiB, Settings
-from shared.worker import worker_resources
 from tests.support import (
     Uploads,
     make_jpeg,
     make_png,
     make_zip,
     many_frame_gif,
+    pipeline_workers,
     with_png_chunk,
 )
 
@@ -53,27 +49,8 @@ def strict_settings(settings: Settings) -> Settings:
 @pytest.fixture(scope="module")
 async def workers(strict_settings: Settings, gateway: str) -> AsyncIterator[None]:
     """Scanner and processor in this process; the processor knows the strict profile."""
-    with process_pool(1) as pool:
-        async with worker_resources(strict_settings, "test-image-workers") as (conn, resources):
-            scan, scan_dead = await build_scanner(resources)
-            proc, proc_dead = await build_processor(resources, pool)
-            consumers = [
-                Consumer(
-                    conn, strict_settings, scanner_queue(strict_settings), scan,
-                    on_dead_letter=scan_dead,
-                ),
-                Consumer(
-                    conn, strict_settings, processor_queue(strict_settings), proc,
-                    on_dead_letter=proc_dead,
-                ),
-            ]  # fmt: skip
-            for consumer in consumers:
-                await consumer.start()
-            try:
-                yield
-            finally:
-                for consumer in consumers:
-                    await consumer.drain(5)
+    async with pipeline_workers(strict_settings, "test-image-workers"):
+        yield
 
 
 @pytest.fixture(scope="module")
