@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, WithJsonSchema
 
+from services.gateway import metadata
 from shared.status import Status
+
+# Checked by `metadata.check_metadata` (precise errors per key); described here.
+AppMetadataIn = Annotated[dict[str, Any], WithJsonSchema(metadata.SCHEMA)]
+AppMetadata = Annotated[dict[str, str], WithJsonSchema(metadata.SCHEMA)]
 
 
 class _Strict(BaseModel):
@@ -27,6 +32,10 @@ class CreateUpload(_Strict):
         default=None, description="Optional SHA-256 (hex or base64); storage verifies it"
     )
     profile: StrictStr | None = Field(default=None, description="Upload profile, e.g. image")
+    metadata: AppMetadataIn | None = Field(
+        default=None,
+        description="The application's own small string map, stored and sent back as given",
+    )
 
 
 class SignPartsRequest(_Strict):
@@ -127,6 +136,7 @@ class UploadRecord(BaseModel):
     content_type: str
     size: int
     declared: Declared
+    metadata: AppMetadata
     detected: dict[str, Any] | None
     reason: str | None
     multipart: MultipartPlan | None
@@ -145,6 +155,7 @@ class UploadSummary(BaseModel):
     content_type: str
     size: int
     reason: str | None
+    metadata: AppMetadata
     created_at: datetime
     updated_at: datetime
 

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 _COLUMNS = (
     "id, owner, profile, filename, content_type, size, sha256, bucket, key, status,"
     " multipart_upload_id, part_size, part_count, detected, thumbnails, reason,"
-    " correlation_id, created_at, updated_at, expires_at"
+    " correlation_id, created_at, updated_at, expires_at, metadata"
 )
 
 
@@ -54,6 +54,7 @@ class Upload:
     created_at: datetime
     updated_at: datetime
     expires_at: datetime
+    metadata: dict[str, str]  # the application's own (services/gateway/metadata.py)
 
     @classmethod
     def pending(
@@ -73,6 +74,7 @@ class Upload:
         multipart_upload_id: str | None = None,
         part_size: int | None = None,
         part_count: int | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> Upload:
         """A new upload, before any byte has landed."""
         now = datetime.now(UTC)
@@ -97,6 +99,7 @@ class Upload:
             created_at=now,
             updated_at=now,
             expires_at=now + timedelta(seconds=ttl_seconds),
+            metadata=dict(metadata or {}),
         )
 
     @classmethod
@@ -130,7 +133,7 @@ async def insert_upload(conn: Conn, upload: Upload, *, actor: str) -> TimelineEn
     async with conn.transaction():
         await conn.execute(
             f"INSERT INTO uploads ({_COLUMNS}) VALUES"  # noqa: S608 - constant column list
-            " ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20)",
+            " ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21)",
             upload.id,
             upload.owner,
             upload.profile,
@@ -151,6 +154,7 @@ async def insert_upload(conn: Conn, upload: Upload, *, actor: str) -> TimelineEn
             upload.created_at,
             upload.updated_at,
             upload.expires_at,
+            upload.metadata,
         )
         return await _append(conn, upload.id, upload.status, f"created:{upload.id}", actor, {})
 

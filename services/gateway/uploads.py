@@ -19,6 +19,7 @@ from typing import Any, Literal, NoReturn, Protocol
 import asyncpg
 
 from services.gateway import store, transitions
+from services.gateway.metadata import MetadataRefused, check_metadata
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.parts import (
     check_part_numbers,
@@ -108,8 +109,12 @@ class UploadService:
         profile: str | None = None,
         sha256: str | None = None,
         multipart: bool = False,
+        metadata: object = None,
     ) -> store.Upload:
         """Validate a declared file against its profile and record a `pending` upload.
+
+        `metadata` is the application's small string map, checked by `check_metadata`
+        (a refusal names each bad key) before the profile is.
 
         `size=None` is an undeclared size (Uppy never sends one): the profile is then
         chosen by type and `multipart` says which kind of upload the client starts;
@@ -118,6 +123,7 @@ class UploadService:
         """
         name = profile or "unknown"
         try:
+            app_metadata = check_metadata(metadata)
             if size is None:
                 name, policy = choose_profile(
                     self.settings, content_type, profile, multipart=multipart
@@ -135,7 +141,7 @@ class UploadService:
                 raise PolicyRefused(
                     "the declared file does not meet the upload policy", errors=errors
                 )
-        except PolicyRefused:
+        except (PolicyRefused, MetadataRefused):
             self.metrics.uploads_created.labels(name, "rejected").inc()
             raise
         part_size = part_count = None
@@ -164,6 +170,7 @@ class UploadService:
             multipart_upload_id=mpu_id,
             part_size=part_size,
             part_count=part_count,
+            metadata=app_metadata,
         )
         async with self.pool.acquire() as conn:
             await store.insert_upload(conn, upload, actor="gateway")

@@ -60,4 +60,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         DROP TABLE uploads;
         """,
     ),
+    Migration(
+        2,
+        "upload_metadata",
+        # The application's own small string map (services/gateway/metadata.py).
+        up="ALTER TABLE uploads ADD COLUMN metadata jsonb NOT NULL DEFAULT '{}'::jsonb;",
+        down="ALTER TABLE uploads DROP COLUMN metadata;",
+    ),
 )
