@@ -37,6 +37,7 @@ class Uploads:
         content_type: str,
         filename: str = "f.jpg",
         profile: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "filename": filename,
@@ -45,6 +46,8 @@ class Uploads:
         }
         if profile is not None:
             body["profile"] = profile
+        if metadata is not None:
+            body["metadata"] = metadata
         async with self.http.post(
             f"{self.gateway}/v1/uploads", json=body, headers=self.headers
         ) as resp:
@@ -66,9 +69,13 @@ class Uploads:
             assert resp.status == 202, await resp.text()
 
     async def send(
-        self, data: bytes, content_type: str = "image/jpeg", profile: str | None = None
+        self,
+        data: bytes,
+        content_type: str = "image/jpeg",
+        profile: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> str:
-        created = await self.create(data, content_type, profile=profile)
+        created = await self.create(data, content_type, profile=profile, metadata=metadata)
         await self.put(created, data)
         await self.complete(created["id"])
         return str(created["id"])

@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.gateway import openapi
+from services.gateway import asyncapi, openapi
 from services.gateway.appkeys import (
     AMQP,
     METRICS,
@@ -30,6 +30,7 @@ from services.gateway.broker import broker_context, recorder_context
 from services.gateway.companion import add_companion_routes
 from services.gateway.live import EventsView, listener_context
 from services.gateway.metrics import GatewayMetrics, metrics_middleware
+from services.gateway.notifier import outbox_relay_context, webhooks_context
 from services.gateway.reconciler import reconciler_context
 from services.gateway.storage import Storage
 from services.gateway.uploads import UploadService
@@ -43,7 +44,15 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 # Paths anyone may call; everything else needs a bearer token.
-PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/static/", "/dev/")
+PUBLIC_PREFIXES = (
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/asyncapi.json",
+    "/static/",
+    "/dev/",
+)
 
 READY_TIMEOUT = 2.0  # seconds per dependency probe
 
@@ -181,10 +190,25 @@ async def openapi_view(request: web.Request) -> web.Response:
     )
 
 
+async def asyncapi_view(request: web.Request) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(asyncapi.document(request.app[SETTINGS].notifications_exchange)),
+        content_type="application/json",
+    )
+
+
 def create_app(
-    settings: Settings, *, with_broker: bool = True, with_reconciler: bool = True
+    settings: Settings,
+    *,
+    with_broker: bool = True,
+    with_reconciler: bool = True,
+    with_outbox_relay: bool | None = None,
 ) -> web.Application:
-    """Build the gateway. Resources open on start-up and close on clean-up, in order."""
+    """Build the gateway. Resources open on start-up and close on clean-up, in order.
+
+    `with_outbox_relay` (default: `with_broker`) runs the relay of public events; the
+    webhook dispatcher runs whenever endpoints are configured.
+    """
     metrics = GatewayMetrics()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -210,12 +234,16 @@ def create_app(
         app.cleanup_ctx.append(recorder_context)
     if with_reconciler:
         app.cleanup_ctx.append(reconciler_context)
+    if with_broker if with_outbox_relay is None else with_outbox_relay:
+        app.cleanup_ctx.append(outbox_relay_context)
+    app.cleanup_ctx.append(webhooks_context)
 
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics_view)
     r.add_get("/openapi.json", openapi_view)
+    r.add_get("/asyncapi.json", asyncapi_view)
     r.add_view("/v1/uploads", UploadsView)
     r.add_view("/v1/uploads/{id}", UploadView)
     r.add_view("/v1/uploads/{id}/parts", PartsView)

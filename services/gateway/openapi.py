@@ -142,6 +142,11 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "security": [],
         "responses": {"200": {"description": "OpenAPI 3.1"}},
     },
+    ("GET", "/asyncapi.json"): {
+        "summary": "The public events (message stream and webhooks) as AsyncAPI 3.0",
+        "security": [],
+        "responses": {"200": {"description": "AsyncAPI 3.0"}},
+    },
 }
 
 _UPPY = ["Uppy Companion compatibility"]

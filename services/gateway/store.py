@@ -1,8 +1,9 @@
-"""The uploads table and its timeline: every SQL statement the gateway runs.
+"""The uploads table and its timeline: every SQL statement the gateway runs on them.
 
 `transition()` is the single place where an upload changes status: it locks the row,
 applies the state machine, appends a timeline entry keyed by the causing event's id
-(a duplicate is a no-op) and NOTIFYs listeners (SSE) in the same transaction.
+(a duplicate is a no-op), writes the change's public event to the outbox and NOTIFYs
+listeners (SSE, the outbox relay, webhooks), all in the same transaction.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import base64
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import asyncpg
 import orjson
@@ -128,8 +129,14 @@ class TimelineEntry:
         }
 
 
-async def insert_upload(conn: Conn, upload: Upload, *, actor: str) -> TimelineEntry:
-    """Record a new upload and its first timeline entry atomically."""
+class Outbox(Protocol):
+    """Writes the public event of a change, inside the change's transaction."""
+
+    async def add(self, conn: Conn, upload: Upload, entry: TimelineEntry) -> None: ...
+
+
+async def insert_upload(conn: Conn, upload: Upload, *, actor: str, outbox: Outbox) -> TimelineEntry:
+    """Record a new upload, its first timeline entry and its event atomically."""
     async with conn.transaction():
         await conn.execute(
             f"INSERT INTO uploads ({_COLUMNS}) VALUES"  # noqa: S608 - constant column list
@@ -156,7 +163,9 @@ async def insert_upload(conn: Conn, upload: Upload, *, actor: str) -> TimelineEn
             upload.expires_at,
             upload.metadata,
         )
-        return await _append(conn, upload.id, upload.status, f"created:{upload.id}", actor, {})
+        entry = await _append(conn, upload.id, upload.status, f"created:{upload.id}", actor, {})
+        await outbox.add(conn, upload, entry)
+        return entry
 
 
 async def get_upload(
@@ -278,12 +287,15 @@ async def transition(
     to: Status,
     event_id: str,
     actor: str,
+    outbox: Outbox,
     detail: dict[str, Any] | None = None,
     updates: dict[str, Any] | None = None,
 ) -> TransitionResult | None:
     """Move an upload forward if the state machine allows it; None if it doesn't exist.
 
     `updates` sets extra columns (e.g. detected, thumbnails, reason) with the move.
+    The move's event goes to `outbox` in the same transaction: committed together or
+    not at all.
     """
     allowed_columns = {
         "detected",
@@ -316,8 +328,10 @@ async def transition(
             *args,
         )
         assert row is not None
+        moved = Upload.from_row(row)
         entry = await _append(conn, upload_id, to, event_id, actor, detail or {})
-        return TransitionResult(Upload.from_row(row), entry)
+        await outbox.add(conn, moved, entry)
+        return TransitionResult(moved, entry)
 
 
 async def delete_upload(pool: asyncpg.Pool[Any], upload_id: uuid.UUID) -> None:

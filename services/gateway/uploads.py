@@ -4,8 +4,8 @@
 translate request and response shapes and error envelopes, nothing else. The rules
 (policy, part layout, what a landing means) are pure functions in `policy` and
 `transitions`; storage calls go through `Storage`; every status change goes through
-`apply`, which writes the transition, the timeline entry and the NOTIFY (in one
-transaction, `store.transition`) and counts it.
+`apply`, which writes the transition, the timeline entry, the public event (the
+outbox) and the NOTIFY (in one transaction, `store.transition`) and counts it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import asyncpg
 from services.gateway import store, transitions
 from services.gateway.metadata import MetadataRefused, check_metadata
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.outbox import NotificationOutbox
 from services.gateway.parts import (
     check_part_numbers,
     expected_length,
@@ -80,6 +81,8 @@ class UploadService:
         self.presigner = presigner
         self.publisher = publisher
         self.metrics = metrics
+        # Every change's public event, written in the change's transaction.
+        self.outbox = NotificationOutbox(settings)
 
     # -- reading -------------------------------------------------------------------
 
@@ -173,7 +176,7 @@ class UploadService:
             metadata=app_metadata,
         )
         async with self.pool.acquire() as conn:
-            await store.insert_upload(conn, upload, actor="gateway")
+            await store.insert_upload(conn, upload, actor="gateway", outbox=self.outbox)
         self.metrics.uploads_created.labels(name, "created").inc()
         return upload
 
@@ -388,6 +391,7 @@ class UploadService:
             to=move.to,
             event_id=move.event_id,
             actor=move.actor,
+            outbox=self.outbox,
             detail=move.detail,
             updates=move.updates,
         )
