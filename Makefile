@@ -49,5 +49,6 @@ bench: setup
 	$(BIN)/python bench/presign.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/upload.py
+	$(BIN)/python bench/events.py
 
 ci: check test

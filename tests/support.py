@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import struct
 import time
 import zipfile
@@ -162,3 +163,11 @@ async def eventually(
             described = what() if callable(what) else what
             raise AssertionError(f"{described} did not happen within {timeout:g} s")
         await asyncio.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (for servers a test starts later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port

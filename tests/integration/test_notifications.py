@@ -1,15 +1,22 @@
 """Public events end to end: an upload with metadata reaches `ready`, and the application
 hears of it by a signed webhook and on the event stream (the example consumer), each
-event described by `/asyncapi.json`."""
+event described by `/asyncapi.json`; and docs/integration.md's complete example, run as
+written.
+
+For the example, the suite's webhook receiver passes every request on, headers and body
+unchanged, to the example's own endpoint: the signature it verifies is the gateway's.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +33,7 @@ from services.gateway.notifications import event_id
 from shared.settings import Settings
 from tests.conftest import TEST_DB, WEBHOOK_SECRET
 from tests.receiver import WebhookReceiver
-from tests.support import Uploads, eventually, make_jpeg
+from tests.support import Uploads, eventually, free_port, make_jpeg
 
 pytestmark = pytest.mark.integration
 
@@ -180,3 +187,53 @@ async def test_the_asyncapi_document_is_the_models_and_covers_every_status(
     )
     statuses = served["components"]["schemas"]["Status"]["enum"]
     assert {c for c in served["channels"] if c != "webhook"} == {f"upload.{s}" for s in statuses}
+
+
+# -- docs/integration.md ---------------------------------------------------------------
+
+
+def complete_example() -> str:
+    """The one Python block of the doc's "A complete example" section."""
+    text = (ROOT / "docs" / "integration.md").read_text()
+    section = text.split("## 6. A complete example", 1)[1].split("\n## ", 1)[0]
+    [code] = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    return code
+
+
+@pytest.fixture
+def forwarded(webhook_receiver: WebhookReceiver) -> Iterator[int]:
+    port = free_port()
+    webhook_receiver.forward_to(f"http://127.0.0.1:{port}/clearance/webhooks")
+    try:
+        yield port
+    finally:
+        webhook_receiver.forward_to(None)
+
+
+async def test_the_complete_example_runs_as_written(
+    gateway: str, settings: Settings, workers: None, forwarded: int, tmp_path: Path
+) -> None:
+    script = tmp_path / "backend.py"
+    script.write_text(complete_example())
+    photo = tmp_path / "photo.jpg"
+    photo.write_bytes(make_jpeg())
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        env=os.environ
+        | {
+            "CLEARANCE_URL": gateway,
+            "CLEARANCE_JWT_SECRET": settings.jwt_secret.get_secret_value(),
+            "CLEARANCE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+            "LISTEN_PORT": str(forwarded),
+            "UPLOAD_FILE": str(photo),
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    async with asyncio.timeout(90):
+        out, _ = await process.communicate()
+    output = out.decode()
+    assert process.returncode == 0, output
+    assert "is ready image/jpeg" in output, output
+    assert f"downloaded {photo.stat().st_size} bytes" in output, output

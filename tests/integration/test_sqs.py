@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -32,19 +31,12 @@ from services.relay.sqs import SqsIntake, sqs_client
 from shared.amqp.publisher import PublishFailed
 from shared.events import ObjectCreated
 from shared.settings import Settings
-from tests.support import Uploads, eventually, make_jpeg
+from tests.support import Uploads, eventually, free_port, make_jpeg
 
 pytestmark = pytest.mark.integration
 
 REGION = "us-east-1"
 KEYS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture(scope="module")

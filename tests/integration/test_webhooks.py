@@ -1,26 +1,31 @@
 """Webhook delivery against a real receiver: retries with back-off until a 2xx, the
-attempt log, dead letters after the last attempt and their replay, and per-upload order
-after an outage. The receiver is the suite's (`tests/receiver.py`); its rules pick the
-uploads of one owner."""
+attempt log, dead letters after the last attempt and their replay, per-upload order
+after an outage, and two gateway replicas sharing the work without sending anything
+twice. The receiver is the suite's (`tests/receiver.py`); its rules pick the uploads of
+one owner."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import os
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import asyncpg
 import orjson
 import pytest
 from aiohttp import ClientSession, web
+from aiohttp.test_utils import TestServer
 from standardwebhooks import Webhook
 
 from services.gateway import webhooks
+from services.gateway.app import create_app
 from services.gateway.appkeys import POOL
 from shared.settings import Settings
 from tests.conftest import WEBHOOK_SECRET
@@ -60,7 +65,8 @@ async def delivery_log(settings: Settings, upload_id: str) -> list[dict[str, Any
 
 
 async def state_of(pool: asyncpg.Pool[Any], upload_id: str) -> str | None:
-    """The state of the upload's (first) delivery, read as the CLI reads it."""
+    """The state of the upload's (first) delivery, read as the CLI reads it (in-process:
+    the command takes a second or two to start)."""
     rows = await webhooks.deliveries(pool, upload_id=uuid.UUID(upload_id))
     return rows[-1]["state"] if rows else None
 
@@ -72,6 +78,12 @@ class Owner:
         self.name = f"hooks-{uuid.uuid4().hex[:8]}"
         self.http, self.gateway = http, gateway
         self.headers = {"Authorization": f"Bearer {token(self.name)}"}
+
+    def through(self, gateway: str) -> Owner:
+        """The same user, talking to another gateway replica."""
+        twin = copy.copy(self)
+        twin.gateway = gateway
+        return twin
 
     async def call(self, method: str, path: str, body: Any = None, expect: int = 200) -> Any:
         async with self.http.request(
@@ -87,7 +99,10 @@ def owner(http: ClientSession, gateway: str, token: Callable[..., str]) -> Owner
 
 
 async def test_a_failing_receiver_gets_the_event_on_the_fourth_attempt(
-    owner: Owner, webhook_receiver: WebhookReceiver, settings: Settings
+    owner: Owner,
+    webhook_receiver: WebhookReceiver,
+    settings: Settings,
+    gateway_app: web.Application,
 ) -> None:
     webhook_receiver.fail(owner.name, times=3, status=500)
     upload_id = (await owner.call("POST", "/v1/uploads", IMAGE, expect=201))["id"]
@@ -108,7 +123,7 @@ async def test_a_failing_receiver_gets_the_event_on_the_fourth_attempt(
     assert gaps == sorted(gaps), gaps
     assert gaps[0] >= 0.15, gaps
 
-    [logged] = await delivery_log(settings, upload_id)
+    [logged] = await webhooks.deliveries(gateway_app[POOL], upload_id=uuid.UUID(upload_id))
     assert (logged["state"], logged["attempts"], logged["last_status"]) == ("delivered", 4, 204)
     code, shown = await clearance(settings, "show", str(logged["id"]))
     assert code == 0, shown
@@ -152,8 +167,8 @@ async def test_a_receiver_down_past_the_retries_gets_a_dead_letter_it_can_replay
     assert Webhook(WEBHOOK_SECRET).verify(replayed.body, replayed.headers)["upload_id"] == upload_id
     [logged] = await webhooks.deliveries(gateway_app[POOL], upload_id=uuid.UUID(upload_id))
     assert (logged["state"], logged["replayed_at"] is not None) == ("delivered", True)
-    code, out = await clearance(settings, "replay", "999999999")
-    assert (code, "no delivery 999999999" in out) == (1, True)
+    async with gateway_app[POOL].acquire() as conn:
+        assert await webhooks.replay(conn, 999_999_999) is None
 
 
 async def test_after_an_outage_every_event_arrives_in_the_uploads_order(
@@ -186,3 +201,66 @@ async def test_after_an_outage_every_event_arrives_in_the_uploads_order(
         ("upload.uploading", 204),
         ("upload.aborted", 204),
     ]
+
+
+@pytest.fixture
+async def second_replica(settings: Settings, database: str) -> AsyncIterator[TestServer]:
+    """Another gateway on the same database: its own outbox relay and dispatcher."""
+    app = create_app(settings, with_broker=False, with_reconciler=False, with_outbox_relay=True)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+async def test_two_replicas_deliver_each_event_once_in_order(
+    owner: Owner,
+    webhook_receiver: WebhookReceiver,
+    second_replica: TestServer,
+    settings: Settings,
+) -> None:
+    other = owner.through(str(second_replica.make_url("")).rstrip("/"))
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            settings.notifications_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        queue = await channel.declare_queue(exclusive=True)
+        await queue.bind(exchange, "upload.*")
+        streamed: list[aio_pika.abc.AbstractIncomingMessage] = []
+
+        async def on_message(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+            streamed.append(message)
+            await message.ack()
+
+        await queue.consume(on_message)
+        ids = []
+        for n in range(12):
+            via = owner if n % 2 else other
+            upload_id = (await via.call("POST", "/v1/uploads", IMAGE, expect=201))["id"]
+            ids.append(upload_id)
+            if n % 3:
+                await (other if n % 2 else owner).call(
+                    "DELETE", f"/v1/uploads/{upload_id}", expect=204
+                )
+        expected = {
+            i: ["upload.pending"] + ["upload.aborted"] * (n % 3 != 0) for n, i in enumerate(ids)
+        }
+        total = sum(len(v) for v in expected.values())
+
+        def ours(messages: list[aio_pika.abc.AbstractIncomingMessage]) -> list[Any]:
+            return [m for m in messages if (m.headers or {}).get("upload_id") in expected]
+
+        async def all_in() -> bool:
+            hooks = sum(len(webhook_receiver.of_upload(i, answered=True)) for i in ids)
+            return hooks >= total and len(ours(streamed)) >= total
+
+        await eventually(all_in, timeout=20)
+    for upload_id, types in expected.items():
+        received = webhook_receiver.of_upload(upload_id)
+        assert [r.event["type"] for r in received] == types  # once each, in order
+        got = [str(m.type) for m in ours(streamed) if m.headers["upload_id"] == upload_id]  # type: ignore[index]
+        assert got == types
