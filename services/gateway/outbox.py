@@ -39,7 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.gateway import webhooks
 from services.gateway.notifications import upload_event
-from services.gateway.store import TimelineEntry, Upload
+from services.gateway.store import DATABASE_ERRORS, TimelineEntry, Upload
 from shared.amqp.publisher import PublishFailed, publish_confirmed
 from shared.settings import Settings
 
@@ -185,11 +185,21 @@ class OutboxRelay:
             wake.clear()
             try:
                 await self.drain()
-            except (PublishFailed, asyncpg.PostgresError, OSError, TimeoutError) as exc:
+            except Exception as exc:
+                # The relay must outlive any failure: the broker or the database being
+                # away (expected, a warning) or a bug (logged with its trace).
+                expected = isinstance(exc, (PublishFailed, *DATABASE_ERRORS))
                 self._metrics.failures.inc()
                 delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
                 failures += 1
-                log.warning("outbox relay pass failed (%s); again in %.1f s", exc, delay)
+                log.log(
+                    logging.WARNING if expected else logging.ERROR,
+                    "outbox relay pass failed (%s: %s); again in %.1f s",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    exc_info=not expected,
+                )
                 await asyncio.sleep(delay)
                 continue
             failures = 0
@@ -208,7 +218,7 @@ class OutboxRelay:
                 if claimed < self._settings.outbox_batch_size or published == 0:
                     break
         finally:
-            with contextlib.suppress(asyncpg.PostgresError, OSError, TimeoutError):
+            with contextlib.suppress(*DATABASE_ERRORS):
                 self._metrics.backlog.set(await self._pool.fetchval("SELECT count(*) FROM outbox"))
         return total
 

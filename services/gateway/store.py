@@ -21,6 +21,13 @@ from asyncpg.pool import PoolConnectionProxy
 from shared.status import Status, can_transition
 
 NOTIFY_CHANNEL = "clearance_upload_events"
+# The database being away or restarting, as asyncpg reports it (background loops retry).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
 
 if TYPE_CHECKING:
     Conn: TypeAlias = asyncpg.Connection[Any] | PoolConnectionProxy[Any]

@@ -41,7 +41,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from standardwebhooks import Webhook
 
 from services.gateway.notifications import UploadEvent
-from services.gateway.store import NOTIFY_CHANNEL
+from services.gateway.store import DATABASE_ERRORS, NOTIFY_CHANNEL
 from shared.settings import Settings, WebhookEndpoint
 
 if TYPE_CHECKING:
@@ -239,8 +239,17 @@ class WebhookDispatcher:
                     if len(claimed) == free:
                         continue  # maybe more are due
                     wait = await self._next_due()
-                except (asyncpg.PostgresError, OSError, TimeoutError) as exc:
-                    log.warning("webhook claim failed (%s); retrying", exc)
+                except Exception as exc:
+                    # The dispatcher must outlive any failure: the database being away
+                    # (expected, a warning) or a bug (logged with its trace).
+                    expected = isinstance(exc, DATABASE_ERRORS)
+                    log.log(
+                        logging.WARNING if expected else logging.ERROR,
+                        "webhook claim failed (%s: %s); retrying",
+                        type(exc).__name__,
+                        exc,
+                        exc_info=not expected,
+                    )
                     wait = CLAIM_RETRY_SECONDS
             await _first_of((wake, self._finished), wait)
         await self._finish()

@@ -11,8 +11,10 @@ import copy
 import itertools
 import os
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +24,16 @@ import orjson
 import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
+from prometheus_client import CollectorRegistry
 from standardwebhooks import Webhook
 
 from services.gateway import webhooks
 from services.gateway.app import create_app
 from services.gateway.appkeys import POOL
-from shared.settings import Settings
+from services.gateway.notifications import upload_event
+from services.gateway.store import TimelineEntry, Upload
+from services.gateway.webhooks import WebhookDispatcher, WebhookMetrics
+from shared.settings import Settings, WebhookEndpoint
 from tests.conftest import WEBHOOK_SECRET
 from tests.receiver import WebhookReceiver
 from tests.support import eventually
@@ -264,3 +270,54 @@ async def test_two_replicas_deliver_each_event_once_in_order(
         assert [r.event["type"] for r in received] == types  # once each, in order
         got = [str(m.type) for m in ours(streamed) if m.headers["upload_id"] == upload_id]  # type: ignore[index]
         assert got == types
+
+
+async def test_a_receiver_that_never_answers_is_cut_off_at_the_timeout(
+    settings: Settings, gateway_app: web.Application
+) -> None:
+    hung = asyncio.Event()
+
+    async def never(request: web.Request) -> web.Response:
+        await hung.wait()
+        return web.Response(status=204)
+
+    receiver = web.Application()
+    receiver.router.add_post("/hooks", never)
+    server = TestServer(receiver, host="127.0.0.1")
+    await server.start_server()
+    slow = WebhookEndpoint(name="slow", url=str(server.make_url("/hooks")), secret=WEBHOOK_SECRET)  # type: ignore[arg-type]
+    mine = settings.model_copy(update={"webhooks": (slow,), "webhook_timeout_seconds": 0.5})
+    upload = Upload.pending(
+        id=uuid.uuid4(),
+        owner="slow",
+        profile="image",
+        filename="s.jpg",
+        content_type="image/jpeg",
+        size=1,
+        bucket=settings.bucket,
+        key="uploads/slow",
+        ttl_seconds=60,
+        correlation_id="slow",
+    )
+    event = upload_event(
+        upload, TimelineEntry(1, upload.id, upload.status, "t", {}, upload.created_at)
+    )
+    pool = gateway_app[POOL]
+    try:
+        async with pool.acquire() as conn:
+            await webhooks.schedule(conn, mine.webhooks, event, event.model_dump_json())
+        async with ClientSession() as session:
+            dispatcher = WebhookDispatcher(mine, pool, session, WebhookMetrics(CollectorRegistry()))
+            [claimed] = await dispatcher.claim(10)
+            started = time.monotonic()
+            await dispatcher.attempt(claimed)
+            took = time.monotonic() - started
+        assert 0.4 < took < 3, took
+        [row] = await webhooks.deliveries(pool, upload_id=upload.id)
+        assert (row["state"], row["attempts"]) == ("pending", 1)
+        assert row["last_error"] == "no answer within 0.5 s"
+        assert row["next_attempt_at"] > datetime.now(UTC)
+    finally:
+        hung.set()
+        await server.close()
+        await pool.execute("DELETE FROM webhook_deliveries WHERE upload_id = $1", upload.id)
