@@ -197,6 +197,8 @@ async def main(events: int, backlog: int) -> None:
         notifications_exchange="clearance_bench.notifications",
         queue_prefix="clearance_bench",
         webhook_poll_seconds=1.0,
+        create_burst=100_000,  # one owner creates every upload here
+        max_pending_uploads=100_000,
     )
     settings = settings.model_copy(update={"database_url": await fresh_database(settings)})
     await latency(settings, events)

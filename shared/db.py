@@ -60,6 +60,22 @@ async def applied_versions(conn: asyncpg.Connection) -> list[int]:
     return [r["version"] for r in rows]
 
 
+async def schema_problem(conn: Any) -> str | None:
+    """What is wrong with the schema for this code (None when it is current)."""
+    applied = await applied_versions(conn)
+    latest = MIGRATIONS[-1].version
+    if not applied:
+        return "the database has no schema: run `clearance migrate` (or `clearance init`)"
+    if max(applied) < latest:
+        return (
+            f"the schema is at version {max(applied)}, this code needs {latest}: "
+            "run `clearance migrate`"
+        )
+    if max(applied) > latest:
+        return f"the schema is at version {max(applied)}, newer than this code ({latest})"
+    return None
+
+
 async def migrate(dsn: str, *, target: int | None = None) -> list[int]:
     """Bring the schema to `target` (default: latest), up or down. Returns versions applied."""
     wanted = MIGRATIONS[-1].version if target is None else target

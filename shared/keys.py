@@ -9,6 +9,12 @@ from __future__ import annotations
 import hashlib
 import uuid
 
+# The object's user metadata (`x-amz-meta-clearance-profile`) that names its upload
+# profile. The gateway signs it into every upload it opens (PUT URL, POST form,
+# multipart create), so storage holds it exactly as recorded; the processor reads it
+# to apply the profile's rules to the bytes.
+PROFILE_METADATA = "clearance-profile"
+
 
 def owner_hash(owner: str) -> str:
     """A short, stable, non-reversible owner label for object keys."""

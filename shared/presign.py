@@ -92,6 +92,8 @@ _SERVICE = re.compile(r"[a-z0-9-]{1,63}")
 # RFC 9110 token, for header names.
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _METHOD = re.compile(r"[A-Za-z]{1,20}")
+# User metadata names: lowercase, as S3 returns them.
+_METADATA_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 
 # botocore never signs these (SIGNED_HEADERS_BLACKLIST); "host" is ours to compute.
 _UNSIGNABLE_HEADERS: Final = frozenset(
@@ -309,19 +311,24 @@ class Presigner:
         content_length: int,
         sse: str | None = "AES256",
         checksum_sha256: str | None = None,
+        metadata: Mapping[str, str] | None = None,
         expires_in: int = 900,
         now: datetime | None = None,
     ) -> PresignedRequest:
         """Presign a single-request PutObject that storage accepts only as declared.
 
-        Content type, length, server-side encryption (unless ``sse`` is None) and
-        the base64 SHA-256 checksum (when given) are signed headers: another type,
-        another body size, a missing SSE header or other bytes fail with 403.
+        Content type, length, server-side encryption (unless ``sse`` is None), the
+        base64 SHA-256 checksum (when given) and user ``metadata`` (``x-amz-meta-*``)
+        are signed headers: another type, another body size, a missing SSE header,
+        other metadata or other bytes fail with 403.
         """
         _check_value("content_type", content_type)
         length = _check_length(content_length)
         headers = {"Content-Type": content_type, "Content-Length": length}
         signed = [("content-length", length), ("content-type", content_type)]
+        for name, value in _metadata_headers(metadata):
+            headers[name] = value
+            signed.append((name, value))
         if sse is not None:
             _check_value("sse", sse)
             headers["x-amz-server-side-encryption"] = sse
@@ -456,12 +463,14 @@ class Presigner:
         max_size: int,
         sse: str = "AES256",
         success_action_status: str = "201",
+        metadata: Mapping[str, str] | None = None,
         expires_in: int = 900,
         now: datetime | None = None,
     ) -> PresignedPost:
         """A form upload storage accepts only as scoped: this key, this exact content
-        type, server-side encryption, and a body of ``min_size..max_size`` bytes
-        (larger → 400 ``EntityTooLarge``, anything else off-policy → 403)."""
+        type, server-side encryption, exactly this user ``metadata`` and a body of
+        ``min_size..max_size`` bytes (larger → 400 ``EntityTooLarge``, anything else
+        off-policy → 403)."""
         _check_value("content_type", content_type)
         if type(min_size) is not int or type(max_size) is not int or not 0 <= min_size <= max_size:
             raise ValueError("need integers 0 <= min_size <= max_size")
@@ -476,6 +485,9 @@ class Presigner:
             {"success_action_status": success_action_status},
             ["content-length-range", min_size, max_size],
         ]
+        for name, value in _metadata_headers(metadata):
+            fields[name] = value
+            conditions.append({name: value})
         return self.presign_post(
             bucket, key, fields=fields, conditions=conditions, expires_in=expires_in, now=now
         )
@@ -707,6 +719,17 @@ def _sendable(value: str) -> bool:
 def _check_value(name: str, value: str) -> None:
     if not _sendable(value) or not value.strip():
         raise ValueError(f"{name} must be non-empty printable ASCII")
+
+
+def _metadata_headers(metadata: Mapping[str, str] | None) -> list[tuple[str, str]]:
+    """``x-amz-meta-<name>`` headers (lowercase names) for user metadata."""
+    headers = []
+    for name, value in (metadata or {}).items():
+        if not isinstance(name, str) or not _METADATA_NAME.fullmatch(name):
+            raise ValueError(f"invalid metadata name {name!r}: use a-z, 0-9 and '-'")
+        _check_value(f"metadata {name!r}", value)
+        headers.append((f"x-amz-meta-{name}", value))
+    return headers
 
 
 def _check_length(content_length: int) -> str:

@@ -117,6 +117,12 @@ class MethodNotAllowed(Problem):
     title = "Method not allowed"
 
 
+class RequestTimeout(Problem):
+    status = 408
+    slug = "request-timeout"
+    title = "Request timeout"
+
+
 class Conflict(Problem):
     status = 409
     slug = "conflict"
@@ -127,6 +133,21 @@ class PayloadTooLarge(Problem):
     status = 413
     slug = "payload-too-large"
     title = "Request body too large"
+
+
+class TooManyRequests(Problem):
+    status = 429
+    slug = "too-many-requests"
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int, **extra: Any) -> None:
+        super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))}, **extra)
+
+
+class HeadersTooLarge(Problem):
+    status = 431
+    slug = "request-header-fields-too-large"
+    title = "Request header fields too large"
 
 
 class ServiceUnavailable(Problem):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -34,6 +35,8 @@ CLAMD_HARD_LIMIT = 2_147_483_645
 # How an environment variable says "None" (e.g. CLEARANCE_SCANNER_METRICS_PORT=null).
 NONE_VALUE = "null"
 
+PROFILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
 # S3's own multipart limits.
 S3_MIN_PART = 5 * MiB
 S3_MAX_PART = 5 * 1024 * MiB
@@ -41,7 +44,11 @@ S3_MAX_PARTS = 10_000
 
 
 class UploadPolicy(BaseModel):
-    """What one upload profile accepts, checked before any URL exists."""
+    """What one upload profile accepts.
+
+    The declared file is checked before any URL exists (type, name, size); the
+    landed bytes by the processor (the image fields below, read from the file).
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -53,6 +60,16 @@ class UploadPolicy(BaseModel):
     # Sizes strictly above this use S3 multipart; None means single PUT only.
     multipart_threshold: int | None = Field(default=None, ge=S3_MIN_PART)
     thumbnails: bool = False
+    # Images: read from the container's structure before any pixel is decoded (JPEG,
+    # PNG, GIF, WebP; frames also for HEIC/AVIF). None means no limit.
+    # Frames of an animated GIF/PNG/WebP (or images of a HEIF sequence).
+    max_frames: int | None = Field(default=1000, ge=1)
+    # Bytes that are neither pixels nor their framing: text/zTXt/iTXt chunks, EXIF,
+    # XMP, ICC profiles, comments, application and unknown blocks, all together.
+    max_metadata_bytes: int | None = Field(default=1 * MiB, ge=0)
+    # Bytes after the image's end (JPEG EOI, PNG IEND, GIF trailer, WebP RIFF size):
+    # `strip` serves the image alone, `reject` refuses the file, `keep` serves it whole.
+    trailing_data: Literal["strip", "reject", "keep"] = "strip"
 
     @model_validator(mode="after")
     def _consistent(self) -> UploadPolicy:
@@ -68,7 +85,9 @@ class UploadPolicy(BaseModel):
 def default_profiles() -> dict[str, UploadPolicy]:
     return {
         "image": UploadPolicy(
-            content_types=frozenset({"image/jpeg", "image/png", "image/gif"}),
+            content_types=frozenset(
+                {"image/jpeg", "image/png", "image/gif", "image/heic", "image/heif", "image/avif"}
+            ),
             max_size=10_000_000,
             thumbnails=True,
         ),
@@ -78,15 +97,23 @@ def default_profiles() -> dict[str, UploadPolicy]:
                     "video/mp4",
                     "video/quicktime",
                     "video/webm",
+                    "video/x-matroska",
                     "application/pdf",
                     "application/zip",
                     "image/jpeg",
                     "image/png",
                     "image/gif",
+                    "image/heic",
+                    "image/heif",
+                    "image/avif",
                 }
             ),
             max_size=2000 * MiB,
             multipart_threshold=100 * MiB,
+            # Originals are kept as uploaded (a motion photo's video follows its JPEG).
+            max_frames=10_000,
+            max_metadata_bytes=16 * MiB,
+            trailing_data="keep",
         ),
     }
 
@@ -183,6 +210,19 @@ class Settings(BaseSettings):
     dev_token_endpoint: bool = False
     sse_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
 
+    # What one client may take of the gateway. Per-owner limits hold across every
+    # gateway process (PostgreSQL is the shared count).
+    create_rate_per_minute: float = Field(default=120.0, gt=0)  # sustained, per owner
+    create_burst: int = Field(default=60, ge=1)  # creates at once, per owner
+    max_pending_uploads: int = Field(default=200, ge=1)  # not yet landed, per owner
+    max_streams_per_owner: int = Field(default=20, ge=1)  # open SSE streams
+    max_header_bytes: int = Field(default=32 * 1024, ge=1024)  # all request headers
+    max_headers: int = Field(default=64, ge=8)  # header fields per request
+    # A connection that has not sent a whole request head this long after connecting
+    # (or after its last answer) is closed: slow-header clients can't hold sockets.
+    http_idle_timeout_seconds: float = Field(default=15.0, gt=0, le=3600)
+    body_read_timeout_seconds: float = Field(default=20.0, gt=0, le=600)
+    max_token_lifetime_seconds: int = Field(default=24 * 3600, ge=60)
     # Auth: HS256 with a shared secret (default) or RS256 with a public key.
     jwt_algorithm: Literal["HS256", "RS256"] = "HS256"
     jwt_secret: SecretStr = SecretStr("clearance-development-secret-change-me")
@@ -289,6 +329,16 @@ class Settings(BaseSettings):
     # 2 with a single worker cuts one image's latency (~110 → ~86 ms for 12 MP here).
     processor_threads: int = Field(default=1, ge=1, le=8)
     processor_metrics_port: Port | None = 18092
+    # Hard limits on one file's decoding (videos, PDFs, HEIC/AVIF and other images).
+    # A job over its wall time is killed with its pool process; the file is rejected.
+    processor_job_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # Bytes a video or PDF job may read from storage (ranged GETs) for its metadata
+    # and poster/preview; the whole object is never downloaded for that.
+    media_read_bytes: int = Field(default=64 * MiB, ge=64 * 1024)
+    # Packets a video job may demux looking for its poster keyframe.
+    media_max_frames: int = Field(default=600, ge=1)
+    media_max_seconds: float = Field(default=24 * 3600.0, gt=0)  # declared duration
+    pdf_max_pages: int = Field(default=50_000, ge=1)
 
     # Reconciler
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
@@ -319,6 +369,11 @@ class Settings(BaseSettings):
                 f"default_profile {self.default_profile!r} is not a configured profile"
             )
         for name, policy in self.profiles.items():
+            if not PROFILE_NAME.fullmatch(name):
+                # The name travels with the object as signed S3 metadata (a header).
+                raise ValueError(
+                    f"profile name {name!r} must be 1..64 of A-Z, a-z, 0-9, '_', '.', '-'"
+                )
             if policy.max_size > self.clamd_max_bytes:
                 raise ValueError(
                     f"profile {name!r} allows {policy.max_size} bytes but the scanner can fully "
@@ -326,16 +381,35 @@ class Settings(BaseSettings):
                 )
         if self.jwt_algorithm == "RS256" and not self.jwt_public_key:
             raise ValueError("jwt_algorithm RS256 needs jwt_public_key (PEM)")
-        if self.environment == "production" and self.dev_token_endpoint:
-            raise ValueError("dev_token_endpoint must stay off in production")
         names = [w.name for w in self.webhooks]
         if len(set(names)) != len(names):
             raise ValueError(f"webhook endpoint names must be unique, got {names}")
         if self.environment == "production":
-            plain = [w.name for w in self.webhooks if w.url.scheme != "https"]
-            if plain:
-                raise ValueError(f"webhook endpoints {plain} must use https in production")
+            self._check_production()
         return self
+
+    def _check_production(self) -> None:
+        """Refuse to run production on development secrets or an open storage."""
+        if self.dev_token_endpoint:
+            raise ValueError("dev_token_endpoint must stay off in production")
+        defaults = type(self).model_fields
+        secrets = {
+            "jwt_secret": self.jwt_algorithm == "HS256",
+            "s3_secret_key": True,
+            "webhook_token": True,
+        }
+        for name, used in secrets.items():
+            default = defaults[name].default.get_secret_value()
+            value = getattr(self, name).get_secret_value()
+            if used and value == default:
+                raise ValueError(f"{name} is the development default; set a real secret")
+        if self.jwt_algorithm == "HS256" and len(self.jwt_secret.get_secret_value()) < 32:
+            raise ValueError("jwt_secret must be at least 32 characters in production")
+        if not self.s3_access_key or self.s3_access_key == defaults["s3_access_key"].default:
+            raise ValueError("s3_access_key is the development default; set real credentials")
+        plain = [w.name for w in self.webhooks if w.url.scheme != "https"]
+        if plain:
+            raise ValueError(f"webhook endpoints {plain} must use https in production")
 
     @property
     def browser_s3_endpoint(self) -> str:

@@ -76,9 +76,11 @@ _OTHER_BRANDS = {
     b"heix": "image/heic",
     b"heim": "image/heic",
     b"heis": "image/heic",
-    b"mif1": "image/heif",
-    b"msf1": "image/heif",
 }
+# Structural HEIF brands: they say "an image file of the HEIF family" but not its
+# codec, so they count only when no brand names one (a `mif1` file that is also
+# `avif` is AVIF, whichever brand comes first).
+_HEIF_STRUCTURAL = frozenset({b"mif1", b"msf1", b"miaf"})
 # QuickTime files written before `ftyp` existed open with one of these atoms.
 _LEGACY_QUICKTIME_ATOMS = frozenset({b"moov", b"mdat", b"wide", b"pnot", b"free", b"skip"})
 
@@ -102,8 +104,12 @@ _ALIASES = {
 
 # MP4 and QuickTime share one container and the same demuxers; recorders and
 # browsers label them loosely (an `.mov` holding an `mp42` brand is common), so
-# one may stand for the other. Nothing else is interchangeable.
-_INTERCHANGEABLE = (frozenset({"video/mp4", "video/quicktime"}),)
+# one may stand for the other. HEIC is HEIF with HEVC inside, and phones and
+# browsers name `.heic` files either way. Nothing else is interchangeable.
+_INTERCHANGEABLE = (
+    frozenset({"video/mp4", "video/quicktime"}),
+    frozenset({"image/heic", "image/heif"}),
+)
 
 # Declared types whose container is a ZIP archive: they match a detected ZIP.
 _ZIP_CONTAINERS = frozenset(
@@ -176,6 +182,8 @@ def _iso_bmff_type(head: bytes) -> str | None:
             return "video/mp4"
         if brand in _OTHER_BRANDS:
             return _OTHER_BRANDS[brand]
+    if any(brand in _HEIF_STRUCTURAL for brand in brands):
+        return "image/heif"
     return None
 
 

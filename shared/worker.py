@@ -14,7 +14,8 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import start_http_server
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from shared.amqp.broker import open_broker
 from shared.amqp.consumer import Consumer, Handler, OnDeadLetter, Reject, run_until_signalled
@@ -86,9 +87,10 @@ async def serve(
     metrics_port: int | None,
 ) -> None:
     """Consume `queue` with the factory's handler until SIGTERM/SIGINT, then drain."""
-    if metrics_port:
-        start_http_server(metrics_port, addr=settings.gateway_host)
-    async with worker_resources(settings, name) as (connection, resources):
+    async with (
+        worker_resources(settings, name) as (connection, resources),
+        health_server(connection, settings.gateway_host, metrics_port),
+    ):
         handler, on_dead_letter = await factory(resources)
         consumer = Consumer(
             connection, settings, queue(settings), handler, on_dead_letter=on_dead_letter
@@ -96,3 +98,42 @@ async def serve(
         log.info("%s consuming %s", name, consumer.queue_name)
         await run_until_signalled([consumer], drain_timeout=settings.drain_timeout_seconds)
     log.info("%s stopped", name)
+
+
+@asynccontextmanager
+async def health_server(connection: Any, host: str, port: int | None) -> AsyncIterator[None]:
+    """`/metrics` (Prometheus) and `/healthz` on `port` while the block runs; none if no port.
+
+    `/healthz` answers 200 while the broker connection is up and 503 while it is
+    down (the robust connection reconnects by itself), so an orchestrator's health
+    check sees a worker that cannot consume.
+    """
+    if not port:
+        yield
+        return
+
+    async def healthz(request: web.Request) -> web.Response:
+        up = connection.connected.is_set() and not connection.is_closed
+        return web.json_response(
+            {
+                "status": "ok" if up else "unavailable",
+                "broker": "connected" if up else "disconnected",
+            },
+            status=200 if up else 503,
+        )
+
+    async def metrics(request: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest(REGISTRY))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        yield
+    finally:
+        await runner.cleanup()

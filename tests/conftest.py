@@ -20,17 +20,13 @@ from aiohttp.test_utils import TestServer
 
 from services.gateway.app import create_app
 from services.gateway.auth import mint_token
-from services.processor.worker import build_processor, process_pool
-from services.scanner.worker import build_scanner
-from shared.amqp.consumer import Consumer
 from shared.amqp.topology import dlq_name, retry_queue_name
 from shared.bucket import configure_bucket
 from shared.db import migrate
-from shared.pipeline import all_queues, processor_queue, scanner_queue
+from shared.pipeline import all_queues
 from shared.settings import Settings, WebhookEndpoint
-from shared.worker import worker_resources
 from tests.receiver import WebhookReceiver
-from tests.support import make_jpeg
+from tests.support import make_jpeg, pipeline_workers
 
 TEST_DB = os.environ.get("CLEARANCE_TEST_DATABASE", "clearance_test")
 # The suite's webhook endpoint signs with this (whsec_ + base64 of 32 bytes).
@@ -195,22 +191,5 @@ def jpeg() -> bytes:
 @pytest.fixture(scope="module")
 async def workers(settings: Settings, gateway: str) -> AsyncIterator[None]:
     """The scanner and processor consuming in this process; the gateway records."""
-    with process_pool(1) as pool:
-        async with worker_resources(settings, "test-workers") as (connection, resources):
-            scan, scan_dead = await build_scanner(resources)
-            proc, proc_dead = await build_processor(resources, pool)
-            consumers = [
-                Consumer(
-                    connection, settings, scanner_queue(settings), scan, on_dead_letter=scan_dead
-                ),
-                Consumer(
-                    connection, settings, processor_queue(settings), proc, on_dead_letter=proc_dead
-                ),
-            ]
-            for consumer in consumers:
-                await consumer.start()
-            try:
-                yield
-            finally:
-                for consumer in consumers:
-                    await consumer.drain(5)
+    async with pipeline_workers(settings, "test-workers"):
+        yield

@@ -45,7 +45,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 TOKEN_ENV = "CLEARANCE_TOKEN"  # noqa: S105 (the variable's name, not a secret)
-IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif"})
+IMAGE_TYPES = frozenset(
+    {"image/jpeg", "image/png", "image/gif", "image/heic", "image/heif", "image/avif"}
+)
 IMAGE_PROFILE_MAX = 10_000_000  # the default `image` profile's limit
 
 
@@ -565,6 +567,21 @@ def format_record(record: dict[str, Any]) -> str:
         flat = [f"{k}={v}" for k, v in detected.items() if isinstance(v, str | int | float | bool)]
         if flat:
             lines.append(f"  detected: {' '.join(flat)}")
+        video = detected.get("video")
+        if isinstance(video, dict):
+            named = (video.get("video_codec"), video.get("audio_codec"))
+            codecs = "+".join(str(codec) for codec in named if codec)
+            lines.append(
+                f"  video: {video.get('width')}×{video.get('height')}  "
+                f"{video.get('duration')} s  {codecs}  rotation {video.get('rotation')}"
+            )
+        document = detected.get("document")
+        if isinstance(document, dict):
+            title = f"  {document['title']!r}" if document.get("title") else ""
+            lines.append(
+                f"  document: {document.get('pages')} pages  "
+                f"{document.get('page_width')}×{document.get('page_height')} pt{title}"
+            )
     timeline = record.get("timeline") or []
     if timeline:
         lines.append("  timeline: " + " → ".join(_timeline_item(t) for t in timeline))

@@ -316,7 +316,8 @@ class Job {
     if (thumb) {
       const img = document.createElement("img");
       img.src = thumb.url;
-      img.alt = `Thumbnail of ${record.filename}`;
+      const kind = record.detected?.video ? "Poster frame" : record.detected?.document ? "First page" : "Thumbnail";
+      img.alt = `${kind} of ${record.filename}`;
       img.width = thumb.width;
       img.height = thumb.height;
       const box = $(".thumb", this.card);
@@ -328,6 +329,17 @@ class Job {
     if (detected.width && detected.height) rows.push(["Dimensions", `${detected.width} × ${detected.height}`]);
     rows.push(["Size", formatBytes(detected.size ?? record.size)]);
     if (detected.exif?.camera_model) rows.push(["Camera", detected.exif.camera_model]);
+    const video = detected.video;
+    if (video) {
+      rows.push(["Dimensions", `${video.width} × ${video.height}`]);
+      if (video.duration != null) rows.push(["Duration", formatDuration(video.duration)]);
+      rows.push(["Codecs", [video.video_codec, video.audio_codec].filter(Boolean).join(" + ")]);
+    }
+    const documentFacts = detected.document;
+    if (documentFacts) {
+      rows.push(["Pages", String(documentFacts.pages)]);
+      if (documentFacts.title) rows.push(["Title", documentFacts.title]);
+    }
     if (detected.sha256) rows.push(["SHA-256", `${detected.sha256.slice(0, 16)}…`, detected.sha256]);
     const meta = $(".meta", this.card);
     meta.replaceChildren();

@@ -4,22 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import orjson
 from aiohttp import web
+from botocore.exceptions import ClientError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.gateway import asyncapi, openapi
 from services.gateway.appkeys import (
     AMQP,
     METRICS,
-    OWNER,
     POOL,
     PRESIGNER,
     PUBLISHER,
-    REQUEST_ID,
     S3,
     SETTINGS,
     UPLOADS,
@@ -30,86 +28,30 @@ from services.gateway.broker import broker_context, recorder_context
 from services.gateway.companion import add_companion_routes
 from services.gateway.live import EventsView, listener_context
 from services.gateway.metrics import GatewayMetrics, metrics_middleware
+from services.gateway.middlewares import (
+    auth_middleware,
+    common_headers,
+    cors_middleware,
+    dependency_middleware,
+    header_limit_middleware,
+    request_id_middleware,
+)
 from services.gateway.notifier import outbox_relay_context, webhooks_context
 from services.gateway.reconciler import reconciler_context
 from services.gateway.storage import Storage
 from services.gateway.uploads import UploadService
 from services.gateway.v1 import CompleteView, DownloadView, PartsView, UploadsView, UploadView
 from services.gateway.web import add_web_routes
-from shared.db import create_pool
+from shared.db import create_pool, schema_problem
 from shared.problems import problem_middleware
-from shared.s3 import browser_presigner, s3_client
+from shared.s3 import browser_presigner, is_not_found, s3_client
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Paths anyone may call; everything else needs a bearer token.
-PUBLIC_PREFIXES = (
-    "/healthz",
-    "/readyz",
-    "/metrics",
-    "/openapi.json",
-    "/asyncapi.json",
-    "/static/",
-    "/dev/",
-)
-
 READY_TIMEOUT = 2.0  # seconds per dependency probe
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    rid = request.headers.get("X-Request-ID", "")
-    if not rid or len(rid) > 128 or not rid.isprintable():
-        rid = uuid.uuid4().hex
-    request[REQUEST_ID] = rid
-    response = await handler(request)
-    response.headers["X-Request-ID"] = rid
-    return response
-
-
-CORS_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
-CORS_MAX_AGE = "600"
-
-
-@web.middleware
-async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """CORS for the configured origins only; preflights are answered here and cached."""
-    origin = request.headers.get("Origin")
-    allowed = origin is not None and origin in request.app[SETTINGS].cors_origins
-    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
-        if not allowed:
-            return web.Response(status=403, headers={"Vary": "Origin"})
-        assert origin is not None
-        return web.Response(
-            status=204,
-            headers={
-                "Access-Control-Allow-Origin": origin,
-                "Access-Control-Allow-Methods": CORS_METHODS,
-                "Access-Control-Allow-Headers": request.headers.get(
-                    "Access-Control-Request-Headers", "authorization, content-type"
-                ),
-                "Access-Control-Max-Age": CORS_MAX_AGE,
-                "Vary": "Origin",
-            },
-        )
-    response = await handler(request)
-    if allowed:
-        assert origin is not None
-        response.headers["Access-Control-Allow-Origin"] = origin
-        response.headers["Access-Control-Expose-Headers"] = "Location, X-Request-ID"
-        response.headers.add("Vary", "Origin")
-    return response
-
-
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    path = request.path
-    if path != "/" and not path.startswith(PUBLIC_PREFIXES) and request.method != "OPTIONS":
-        request[OWNER] = request.app[VERIFIER].owner(request.headers.get("Authorization"))
-    return await handler(request)
 
 
 async def _database(app: web.Application) -> AsyncIterator[None]:
@@ -146,6 +88,14 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
+class SchemaBehind(Exception):
+    """The database is reachable but not migrated to the version the code needs."""
+
+
+class MissingBucket(Exception):
+    """Storage answers but the upload bucket does not exist."""
+
+
 async def _check(name: str, probe: Awaitable[object]) -> tuple[str, str]:
     try:
         await asyncio.wait_for(probe, READY_TIMEOUT)
@@ -163,9 +113,25 @@ async def readyz(request: web.Request) -> web.Response:
         if conn is None or conn.is_closed:
             raise ConnectionError("not connected to the broker")
 
+    async def database() -> None:
+        async with app[POOL].acquire() as conn:
+            problem = await schema_problem(conn)
+        if problem:
+            raise SchemaBehind(problem)
+
+    async def storage() -> None:
+        try:
+            await app[S3].head_bucket(Bucket=settings.bucket)
+        except ClientError as exc:
+            if is_not_found(exc):
+                raise MissingBucket(
+                    f"bucket {settings.bucket!r} does not exist: run `clearance init`"
+                ) from None
+            raise
+
     results = await asyncio.gather(
-        _check("database", app[POOL].fetchval("SELECT 1")),
-        _check("storage", app[S3].head_bucket(Bucket=settings.bucket)),
+        _check("database", database()),
+        _check("storage", storage()),
         _check("broker", broker()),
     )
     checks = dict(results)
@@ -217,9 +183,20 @@ def create_app(
             metrics_middleware(metrics),
             cors_middleware,
             problem_middleware,
+            header_limit_middleware,
+            dependency_middleware,
             auth_middleware,
         ],
+        handler_args={
+            "max_headers": settings.max_headers,
+            "max_field_size": 8190,
+            "max_line_size": 8190,
+            # Closes a connection that has not sent a whole request head this long after
+            # connecting or after its last answer (aiohttp's keep-alive timer covers both).
+            "keepalive_timeout": settings.http_idle_timeout_seconds,
+        },
     )
+    app.on_response_prepare.append(common_headers)
     app[SETTINGS] = settings
     app[METRICS] = metrics
     app[VERIFIER] = TokenVerifier(settings)

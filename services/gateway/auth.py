@@ -12,6 +12,8 @@ from shared.settings import Settings
 
 # Longest `sub` we accept: owners end up in database rows and log lines.
 MAX_SUBJECT = 256
+# Clock skew allowed when judging a token's lifetime (expiry itself is exact).
+LEEWAY_SECONDS = 30
 
 
 class TokenVerifier:
@@ -26,6 +28,11 @@ class TokenVerifier:
         )
         self._audience = settings.jwt_audience
         self._issuer = settings.jwt_issuer
+        self._max_lifetime = settings.max_token_lifetime_seconds
+        required = ["sub", "exp"]
+        required += ["aud"] if self._audience else []
+        required += ["iss"] if self._issuer else []
+        self._required = required
 
     def owner(self, authorization: str | None) -> str:
         """The token's subject, or Unauthorized with a precise reason."""
@@ -41,7 +48,7 @@ class TokenVerifier:
                 algorithms=[self._algorithm],
                 audience=self._audience,
                 issuer=self._issuer,
-                options={"require": ["sub", "exp"], "verify_aud": self._audience is not None},
+                options={"require": self._required, "verify_aud": self._audience is not None},
             )
         except jwt.ExpiredSignatureError:
             raise Unauthorized("token has expired") from None
@@ -49,7 +56,17 @@ class TokenVerifier:
             raise Unauthorized(f"invalid token: {exc}") from None
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub or len(sub) > MAX_SUBJECT:
-            raise Unauthorized("token subject must be a non-empty string")
+            raise Unauthorized(f"token subject must be a string of 1..{MAX_SUBJECT} characters")
+        if not sub.isprintable() or sub != sub.strip():
+            raise Unauthorized("token subject must be printable, without surrounding spaces")
+        exp = claims["exp"]
+        if (
+            not isinstance(exp, int | float)
+            or exp - time.time() > self._max_lifetime + LEEWAY_SECONDS
+        ):
+            raise Unauthorized(
+                f"token lifetime exceeds the maximum of {self._max_lifetime} seconds"
+            )
         return sub
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any, TypeVar
 
@@ -12,7 +13,14 @@ from pydantic import BaseModel, ValidationError
 from services.gateway.appkeys import OWNER, REQUEST_ID, SETTINGS, UPLOADS
 from services.gateway.store import Upload
 from services.gateway.uploads import UploadService
-from shared.problems import BadRequest, FieldError, NotFound, Unauthorized, ValidationFailed
+from shared.problems import (
+    BadRequest,
+    FieldError,
+    NotFound,
+    RequestTimeout,
+    Unauthorized,
+    ValidationFailed,
+)
 from shared.settings import Settings
 
 M = TypeVar("M", bound=BaseModel)
@@ -35,7 +43,12 @@ def validation_errors(exc: ValidationError) -> list[FieldError]:
 
 async def read_model(request: web.Request, model: type[M], *, empty_ok: bool = False) -> M:
     """The request's JSON object body as `model`; BadRequest or ValidationFailed if not."""
-    raw = await request.read()  # bounded by the app's client_max_size → 413
+    try:
+        # Bounded in size by the app's client_max_size (→ 413) and in time here.
+        async with asyncio.timeout(request.app[SETTINGS].body_read_timeout_seconds):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout("the request body did not arrive in time") from None
     if not raw.strip():
         if empty_ok:
             return model.model_validate({})

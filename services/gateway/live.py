@@ -140,6 +140,14 @@ class EventsView(BaseView):
 
     async def get(self) -> web.StreamResponse:
         upload = await self.load()
+        limits = self.uploads.limits
+        stream = await limits.open_stream(self.owner)  # 429 when the owner has too many
+        try:
+            return await self._stream(upload, stream)
+        finally:
+            await limits.close_stream(stream)
+
+    async def _stream(self, upload: store.Upload, stream: uuid.UUID) -> web.StreamResponse:
         last_seq = self._last_event_id()
         pool = self.request.app[POOL]
         heartbeat = self.request.app[SETTINGS].sse_heartbeat_seconds
@@ -170,6 +178,7 @@ class EventsView(BaseView):
                     await asyncio.wait_for(wake.wait(), timeout=heartbeat)
                 except TimeoutError:
                     await response.write(b": heartbeat\n\n")
+                    await self.uploads.limits.renew_stream(stream)
 
     def _last_event_id(self) -> int:
         raw = self.request.headers.get("Last-Event-ID") or self.request.query.get("last_event_id")

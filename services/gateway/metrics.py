@@ -51,6 +51,9 @@ def metrics_middleware(metrics: GatewayMetrics) -> Callable[..., Awaitable[web.S
             response = await handler(request)
             status = response.status
             return response
+        except web.HTTPException as exc:  # a redirect or aiohttp's own error answer
+            status = exc.status
+            raise
         finally:
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else "unmatched"

@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, WithJsonSchema
 
 from services.gateway import metadata
+from shared.detected import Detected
 from shared.status import Status
 
 # Checked by `metadata.check_metadata` (precise errors per key); described here.
@@ -137,7 +138,7 @@ class UploadRecord(BaseModel):
     size: int
     declared: Declared
     metadata: AppMetadata
-    detected: dict[str, Any] | None
+    detected: Detected | None
     reason: str | None
     multipart: MultipartPlan | None
     thumbnails: list[ThumbnailLink]

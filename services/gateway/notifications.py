@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.gateway.models import AppMetadata, TimelineItem
 from services.gateway.store import TimelineEntry, Upload
+from shared.detected import Detected
 from shared.events import deterministic_id
 from shared.status import Status
 
@@ -71,8 +71,8 @@ class UploadEvent(BaseModel):
     content_type: str
     size: int = Field(description="Declared size; the stored size once it landed")
     metadata: AppMetadata
-    detected: dict[str, Any] | None = Field(
-        description="What the processor found (type, dimensions, sha256, …); set when ready"
+    detected: Detected | None = Field(
+        description="What the processor verified (type, size, sha256, dimensions, …); when ready"
     )
     thumbnails: list[ThumbnailKey] = Field(description="Set when ready, for images")
     timeline_entry: TimelineItem = Field(description="The entry this change appended")
@@ -94,7 +94,7 @@ def upload_event(upload: Upload, entry: TimelineEntry) -> UploadEvent:
         content_type=upload.content_type,
         size=upload.size,
         metadata=upload.metadata,
-        detected=upload.detected,
+        detected=Detected.model_validate(upload.detected) if upload.detected else None,
         thumbnails=[
             ThumbnailKey(
                 size=t["size"],

@@ -88,11 +88,17 @@ class Storage:
             int(head.get("ContentLength", -1)), unquoted(head.get("ETag", "")) or None
         )
 
-    async def create_multipart(self, bucket: str, key: str, content_type: str) -> str:
-        """Open a multipart upload (encrypted at rest) and return its id."""
+    async def create_multipart(
+        self, bucket: str, key: str, content_type: str, *, metadata: dict[str, str]
+    ) -> str:
+        """Open a multipart upload (encrypted at rest, with user `metadata`); its id."""
         with _answers("CreateMultipartUpload", key):
             result = await self.client.create_multipart_upload(
-                Bucket=bucket, Key=key, ContentType=content_type, ServerSideEncryption="AES256"
+                Bucket=bucket,
+                Key=key,
+                ContentType=content_type,
+                ServerSideEncryption="AES256",
+                Metadata=metadata,
             )
         return str(result["UploadId"])
 

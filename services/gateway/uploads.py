@@ -19,6 +19,7 @@ from typing import Any, Literal, NoReturn, Protocol
 import asyncpg
 
 from services.gateway import store, transitions
+from services.gateway.limits import OwnerLimits
 from services.gateway.metadata import MetadataRefused, check_metadata
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.outbox import NotificationOutbox
@@ -48,7 +49,7 @@ from services.gateway.transitions import Move
 from shared.amqp.publisher import PublishFailed
 from shared.amqp.topology import BrokerUnavailable
 from shared.events import Event
-from shared.keys import object_key, sidecar_key, verified_key
+from shared.keys import PROFILE_METADATA, object_key, sidecar_key, verified_key
 from shared.presign import PresignedPost, PresignedRequest, Presigner
 from shared.problems import Conflict, FieldError, NotFound, ServiceUnavailable, ValidationFailed
 from shared.settings import Settings, UploadPolicy
@@ -75,6 +76,7 @@ class UploadService:
         publisher: EventPublisher | None,
         metrics: GatewayMetrics,
     ) -> None:
+        self.limits = OwnerLimits(settings, pool)
         self.settings = settings
         self.pool = pool
         self.storage = storage
@@ -147,6 +149,7 @@ class UploadService:
         except (PolicyRefused, MetadataRefused):
             self.metrics.uploads_created.labels(name, "rejected").inc()
             raise
+        await self.limits.admit_create(owner)
         part_size = part_count = None
         if size is not None:
             multipart = uses_multipart(policy, declared.size)
@@ -157,7 +160,9 @@ class UploadService:
         bucket = self.settings.bucket
         mpu_id = None
         if multipart:
-            mpu_id = await self.storage.create_multipart(bucket, key, declared.content_type)
+            mpu_id = await self.storage.create_multipart(
+                bucket, key, declared.content_type, metadata={PROFILE_METADATA: name}
+            )
         upload = store.Upload.pending(
             id=upload_id,
             owner=owner,
@@ -183,7 +188,8 @@ class UploadService:
     # -- signing -------------------------------------------------------------------
 
     def sign_put(self, upload: store.Upload) -> PresignedRequest:
-        """The single PUT storage accepts only as declared (type, length, SSE, SHA-256)."""
+        """The single PUT storage accepts only as declared (type, length, SSE, SHA-256),
+        carrying the upload's profile."""
         return self.presigner.presign_put(
             upload.bucket,
             upload.key,
@@ -191,12 +197,13 @@ class UploadService:
             content_length=upload.size,
             sse="AES256",
             checksum_sha256=upload.sha256,
+            metadata={PROFILE_METADATA: upload.profile},
             expires_in=self.settings.presign_ttl_seconds,
             now=upload.created_at,
         )
 
     def sign_form(self, upload: store.Upload) -> PresignedPost:
-        """A POST form scoped to the key, type, SSE and the profile's byte range."""
+        """A POST form scoped to the key, type, SSE, the profile's byte range and name."""
         policy = self.policy_of(upload)
         return self.presigner.presign_form_upload(
             upload.bucket,
@@ -204,6 +211,7 @@ class UploadService:
             content_type=upload.content_type,
             min_size=policy.min_size,
             max_size=single_request_max(policy),
+            metadata={PROFILE_METADATA: upload.profile},
             expires_in=self.settings.presign_ttl_seconds,
             now=upload.created_at,
         )

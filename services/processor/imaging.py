@@ -12,10 +12,17 @@ smaller thumbnail is derived from the next larger one, EXIF orientation is
 applied to the small images rather than the full-size one, and WebP is encoded
 with a fast method. Optionally (`threads`) hashing, resizing and encoding
 overlap on helper threads.
+
+Before Pillow sees a JPEG, PNG, GIF or WebP, its container structure is walked
+(`layout`): frames are counted and metadata measured against the profile's
+`ImagePolicy` without decoding anything, and bytes after the image's end are
+found. Under `strip` only the image (the file's prefix up to its end) is decoded,
+described and served.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import itertools
@@ -26,11 +33,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from PIL import Image, ImageFile, UnidentifiedImageError
 from PIL.ExifTags import IFD, Base
 
+from services.processor.layout import Layout, LayoutError, image_layout
 from shared.sniff import SNIFF_BYTES, normalise_type, sniff_type, type_matches
 
 # Detected type -> the only Pillow decoder allowed to read it.
@@ -39,6 +47,11 @@ PILLOW_FORMATS = {
     "image/png": "PNG",
     "image/gif": "GIF",
     "image/webp": "WEBP",
+    # HEIC/HEIF through pillow-heif (libheif + libde265); AVIF through Pillow's own
+    # plugin (libavif + dav1d, in Pillow's wheels since 11.2).
+    "image/heic": "HEIF",
+    "image/heif": "HEIF",
+    "image/avif": "AVIF",
 }
 
 # WebP settings for derivatives. Measured on a 12 MP photo's 1024 px thumbnail:
@@ -61,8 +74,17 @@ _STRIP_MIN_PIXELS = 1_000_000
 
 _T = TypeVar("_T")
 
-# Errors Pillow raises for malformed or truncated data.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error)
+# Errors Pillow raises for malformed or truncated data (pillow-heif raises
+# RuntimeError for libheif's errors, e.g. pixels beyond what the header declared).
+_DECODE_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    struct.error,
+    RuntimeError,
+)
 
 # Image.transpose operations that realise each EXIF orientation (the mapping
 # `ImageOps.exif_transpose` uses).
@@ -92,9 +114,37 @@ class Derivative:
     content_type: str = "image/webp"
 
 
+TrailingData = Literal["strip", "reject", "keep"]
+
+
+@dataclass(frozen=True)
+class ImagePolicy:
+    """What an upload profile allows in an image's structure (`UploadPolicy`'s fields).
+
+    `max_frames` bounds images/animation frames and `max_metadata_bytes` the bytes
+    that are neither pixels nor their framing (None: no limit). `trailing_data`
+    says what happens to bytes after the image's end: `strip` (the verified copy
+    and the description are the image alone), `reject`, or `keep`.
+    """
+
+    max_frames: int | None = None
+    max_metadata_bytes: int | None = None
+    trailing_data: TrailingData = "keep"
+
+
+NO_LIMITS = ImagePolicy()
+
+
 @dataclass(frozen=True)
 class ImageReport:
-    """What a verified image is. `width`/`height` are after EXIF orientation."""
+    """What a verified image is. `width`/`height` are after EXIF orientation.
+
+    `sha256` is the uploaded file's. `served_size`/`served_sha256` are the bytes the
+    verified copy holds: the uploaded file, or under `strip` its prefix up to the
+    image's end. `trailing_bytes` follow that end in the upload and
+    `metadata_bytes` are the non-image bytes the structure holds (both None for
+    formats whose structure is not walked: HEIC/HEIF, AVIF).
+    """
 
     width: int
     height: int
@@ -105,6 +155,11 @@ class ImageReport:
     sha256: str
     detected_type: str
     derivatives: list[Derivative]
+    served_size: int
+    served_sha256: str
+    trailing_bytes: int | None = None
+    trailing_bytes_removed: int = 0
+    metadata_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -121,7 +176,8 @@ class Rejection:
     """Why a file is refused.
 
     `code` is one of `type_mismatch`, `unsupported`, `decompression_bomb`,
-    `corrupt`; `reason` is a precise sentence for the user.
+    `corrupt`, `too_many_frames`, `metadata_too_large`, `trailing_data`; `reason`
+    is a precise sentence for the user.
     """
 
     code: str
@@ -143,6 +199,7 @@ def analyse_image(
     sizes: Sequence[int],
     max_pixels: int,
     threads: int = 1,
+    policy: ImagePolicy = NO_LIMITS,
 ) -> ImageReport | Rejection:
     """Verify, decode and describe an image and make its WebP thumbnails.
 
@@ -150,7 +207,8 @@ def analyse_image(
     derivatives come back largest first. `max_pixels` bounds width × height as
     read from the header, before anything is decoded. Returns a `Rejection` for
     content that does not match `declared_type`, is not a supported image,
-    exceeds the pixel limit, or does not decode completely.
+    exceeds the pixel limit, breaks `policy` (frames, metadata, trailing data),
+    has a truncated structure, or does not decode completely.
 
     `threads` is how many threads may work on this one image at once (hashing
     beside decoding, the large resize in strips, encoding thumbnails side by
@@ -174,21 +232,92 @@ def analyse_image(
     if pillow_format is None:
         return Rejection("unsupported", f"{detected} is not an image type that can be processed")
 
-    opened = _open(data, pillow_format, max_pixels)
+    layout = _check_structure(data, detected, pillow_format, policy)
+    if isinstance(layout, Rejection):
+        return layout
+    served = data
+    if layout is not None and layout.end < len(data) and policy.trailing_data == "strip":
+        served = data[: layout.end]  # the image alone is decoded, described and served
+
+    opened = _open(served, pillow_format, max_pixels, None if layout is None else layout.frames)
     if isinstance(opened, Rejection):
         return opened
     im, frames = opened
     with ExitStack() as stack:
         stack.enter_context(im)
+        if policy.max_frames is not None and frames > policy.max_frames:  # HEIF, AVIF
+            return Rejection(
+                "too_many_frames",
+                f"the {pillow_format} has {frames} frames; the limit is {policy.max_frames}",
+            )
         pool = stack.enter_context(ThreadPoolExecutor(threads - 1)) if threads > 1 else None
         work = _Work(pool, threads)
-        return _describe(im, data, frames, detected, sorted(set(sizes), reverse=True), work)
+        source = _Source(data, len(served), layout)
+        return _describe(im, source, frames, detected, sorted(set(sizes), reverse=True), work)
+
+
+@dataclass(frozen=True)
+class _Source:
+    """The uploaded bytes, how many of them are served, and their structure if walked."""
+
+    data: bytes
+    served_size: int
+    layout: Layout | None
+
+
+def _check_structure(
+    data: bytes, detected: str, pillow_format: str, policy: ImagePolicy
+) -> Layout | Rejection | None:
+    """Walk the container (no decoding) and apply the policy's structural limits.
+
+    None for formats whose structure is not walked (HEIC/HEIF, AVIF).
+    """
+    try:
+        layout = image_layout(data, detected, max_frames=policy.max_frames)
+    except LayoutError as exc:
+        return Rejection("corrupt", str(exc))
+    if layout is None:
+        return None
+    if policy.max_frames is not None and layout.frames > policy.max_frames:
+        return Rejection(
+            "too_many_frames",
+            f"the {pillow_format} has more than {policy.max_frames} frames, the limit "
+            "(counted from its structure, none decoded)",
+        )
+    if policy.max_metadata_bytes is not None and layout.metadata_bytes > policy.max_metadata_bytes:
+        return Rejection(
+            "metadata_too_large",
+            f"the {pillow_format} holds {layout.metadata_bytes} bytes of metadata (text, EXIF, "
+            f"XMP, ICC profiles, comments and other non-image data); the limit is "
+            f"{policy.max_metadata_bytes} bytes",
+        )
+    trailing = len(data) - layout.end
+    if trailing and policy.trailing_data == "reject":
+        return Rejection(
+            "trailing_data",
+            f"{trailing} bytes follow the end of the {pillow_format} (byte {layout.end}, "
+            f"{layout.ended_by}); this upload profile refuses data after the image",
+        )
+    return layout
+
+
+@functools.cache
+def _register_heif() -> None:
+    """Teach Pillow to open HEIF (once per process, when the first HEIC arrives)."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 
 def _open(
-    data: bytes, pillow_format: str, max_pixels: int
+    data: bytes, pillow_format: str, max_pixels: int, frames: int | None
 ) -> tuple[ImageFile.ImageFile, int] | Rejection:
-    """Read the header with the one allowed decoder and enforce the pixel limit."""
+    """Read the header with the one allowed decoder and enforce the pixel limit.
+
+    `frames` is the count from the container's structure; without one, Pillow counts.
+    """
+    if pillow_format == "HEIF":
+        _register_heif()
     try:
         with warnings.catch_warnings():
             # Our own limit below governs; Pillow's soft warning at its global
@@ -210,8 +339,11 @@ def _open(
             f"{width}×{height} px ({width * height} pixels) exceeds the limit of "
             f"{max_pixels} pixels",
         )
+    if frames is not None:
+        # Pillow's own count seeks through every frame (a GIF's take ~10 µs each).
+        return im, frames
     try:
-        # Counting frames walks the headers only (no pixel decoding).
+        # HEIF/AVIF count their images from the header (no pixel decoding).
         frames = int(getattr(im, "n_frames", 1))
         im.seek(0)
     except Image.DecompressionBombError as exc:
@@ -245,13 +377,14 @@ def _completed(value: _T) -> Future[_T]:
 
 def _describe(
     im: ImageFile.ImageFile,
-    data: bytes,
+    source: _Source,
     frames: int,
     detected: str,
     sizes: list[int],
     work: _Work,
 ) -> ImageReport | Rejection:
-    digest = work.start(_sha256, data)
+    data = source.data
+    digests = work.start(_sha256_with_prefix, data, source.served_size)
     stored_w, stored_h = im.size
     source_mode = im.mode
     pillow_format = im.format or PILLOW_FORMATS[detected]
@@ -274,6 +407,14 @@ def _describe(
         return Rejection("corrupt", f"the {pillow_format} data does not decode: {exc}")
 
     exif, orientation = _exif_summary(im)
+    if pillow_format == "HEIF":
+        # libheif has already turned the pixels upright (HEIF's own irot/imir, which
+        # pillow-heif writes from EXIF orientation) and reset EXIF to 1: report what
+        # the file said, apply nothing more.
+        original = im.info.get("original_orientation")
+        if isinstance(original, int) and 1 <= original <= 8:
+            exif["orientation"] = original
+        orientation = 1
     swap = orientation in _SWAPS_AXES
     width, height = (stored_h, stored_w) if swap else (stored_w, stored_h)
 
@@ -298,6 +439,8 @@ def _describe(
         thumbs.append((size, thumb, encoded))
         previous = thumb
 
+    sha256, served_sha256 = digests.result()
+    layout = source.layout
     return ImageReport(
         width=width,
         height=height,
@@ -305,17 +448,54 @@ def _describe(
         mode=source_mode,
         frames=frames,
         exif=exif,
-        sha256=digest.result(),
+        sha256=sha256,
         detected_type=detected,
         derivatives=[
             Derivative(size, thumb.width, thumb.height, encoded.result())
             for size, thumb, encoded in thumbs
         ],
+        served_size=source.served_size,
+        served_sha256=served_sha256,
+        trailing_bytes=None if layout is None else len(data) - layout.end,
+        trailing_bytes_removed=len(data) - source.served_size,
+        metadata_bytes=None if layout is None else layout.metadata_bytes,
     )
+
+
+def derivatives(picture: Image.Image, sizes: Sequence[int]) -> list[Derivative]:
+    """The WebP thumbnail set of a decoded, upright picture (a video poster, a PDF page).
+
+    The same sizes and encoding as image thumbnails, largest first; each smaller
+    one is made from the next larger one and never upscaled.
+    """
+    work = _Work(None, 1)
+    made: list[Derivative] = []
+    previous: Image.Image | None = None
+    for size in sorted(set(sizes), reverse=True):
+        source = _renderable(picture) if previous is None else previous
+        thumb = _resize(source, _fit(source.width, source.height, size), None, work)
+        if made and previous is not None and previous.size == thumb.size:
+            data = made[-1].data  # smaller than several bounds: encoded once
+        else:
+            data = _encode_webp(thumb)
+        made.append(Derivative(size, thumb.width, thumb.height, data))
+        previous = thumb
+    return made
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _sha256_with_prefix(data: bytes, prefix: int) -> tuple[str, str]:
+    """SHA-256 of `data` and of its first `prefix` bytes, in one pass."""
+    view = memoryview(data)
+    digest = hashlib.sha256(view[:prefix])
+    served = digest.hexdigest()
+    if prefix == len(data):
+        return served, served
+    digest.update(view[prefix:])
+    return digest.hexdigest(), served
 
 
 def _fit(width: int, height: int, bound: int) -> tuple[int, int]:

@@ -6,17 +6,26 @@ process pool (never on the event loop), thumbnails are written beside the object
 without metadata, and a small sidecar (`<key>.meta.json`) is written last. A
 duplicate `scan.clean` finds the sidecar and republishes its result without doing
 the work again, so thumbnails are written once.
+
+Videos and PDFs are described in the pool too, by jobs that read the object
+themselves with ranged GETs on a presigned URL (only what the demuxer or PDFium
+asks for, within a byte budget) while this process streams the whole object
+through SHA-256 beside them. Every job has a wall-time limit: a job over it is
+killed with its pool process, a job that crashes its process is reported, and
+either way the file is rejected with the reason and the next job gets a fresh
+process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import hashlib
 import logging
-import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 from prometheus_client import Histogram
@@ -28,12 +37,21 @@ from services.processor.archive import (
     members,
     unscannable_reason,
 )
+from services.processor.document import analyse_pdf
 from services.processor.imaging import (
+    PILLOW_FORMATS,
+    Derivative,
     FileReport,
+    ImagePolicy,
     ImageReport,
     Rejection,
     analyse_image,
 )
+from services.processor.media import MediaLimits, MediaReport, MediaSource
+from services.processor.pool import JobCrashed, JobPool, JobTimeout, describe_exit
+from services.processor.profiles import image_policy, profile_of
+from services.processor.ranged import StorageReadError
+from services.processor.video import VIDEO_TYPES, analyse_video
 from shared.amqp.consumer import Delivery, Handler, OnDeadLetter, Reject, Retry
 from shared.events import (
     AnyEvent,
@@ -44,14 +62,21 @@ from shared.events import (
     processing_id,
 )
 from shared.keys import sidecar_key, thumbnail_key, verified_key
-from shared.s3 import error_code, is_not_found
+from shared.presign import Presigner
+from shared.s3 import credentials, error_code, is_not_found
 from shared.sniff import SNIFF_BYTES, sniff_type, type_matches
 from shared.worker import WorkerResources, ensure_upload_object, failure_reporter
 
 log = logging.getLogger(__name__)
 
 STAGE = "processing"
-IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
+IMAGE_TYPES = frozenset(PILLOW_FORMATS)
+# Described by a pool job reading ranges of the object (never held in memory).
+MEDIA_TYPES = VIDEO_TYPES | {"application/pdf"}
+_JOBS: dict[str, Callable[..., MediaReport | Rejection]] = {
+    **dict.fromkeys(VIDEO_TYPES, analyse_video),
+    "application/pdf": analyse_pdf,
+}
 # Images are decoded in memory; anything larger is described by streaming instead.
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
 CHUNK = 1 << 20
@@ -61,14 +86,38 @@ PROCESS_SECONDS = Histogram(
     "Time to verify and describe one object, thumbnails included",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+READ_BYTES = Histogram(
+    "clearance_processing_read_bytes",
+    "Bytes a video or PDF job read from storage for its metadata and poster/preview",
+    ["kind"],
+    buckets=(64e3, 256e3, 1e6, 4e6, 16e6, 64e6, 256e6),
+)
+
+_T = TypeVar("_T")
 
 
 class Processor:
-    def __init__(self, resources: WorkerResources, pool: ProcessPoolExecutor) -> None:
-        self._settings = resources.settings
+    def __init__(self, resources: WorkerResources, pool: JobPool) -> None:
+        settings = resources.settings
+        self._settings = settings
         self._s3 = resources.s3
         self._publisher = resources.publisher
         self._pool = pool
+        # Signs the GET URLs pool jobs read from (the endpoint this process uses).
+        self._storage = Presigner(
+            endpoint_url=settings.s3_endpoint_url,
+            region=settings.s3_region,
+            credentials=credentials(settings),
+            addressing_style=settings.s3_addressing_style,
+        )
+        self._limits = MediaLimits(
+            sizes=tuple(settings.thumbnail_sizes),
+            max_pixels=settings.max_image_pixels,
+            read_bytes=settings.media_read_bytes,
+            max_frames=settings.media_max_frames,
+            max_seconds=settings.media_max_seconds,
+            max_pages=settings.pdf_max_pages,
+        )
 
     async def __call__(self, event: AnyEvent, delivery: Delivery) -> None:
         if not isinstance(event, ScanClean):
@@ -98,20 +147,27 @@ class Processor:
         # Every read below is pinned to this version: a client re-using its upload URL
         # can't swap the bytes between the checks and the verified copy.
         pinned = {"IfMatch": f'"{etag}"'} if etag else {}
+        profile = profile_of(self._settings, head.get("Metadata"))
+        if not profile.recorded:
+            log.warning("the object names no known profile; applying %s", profile.name, extra=extra)
 
+        outcome: ImageReport | MediaReport | FileReport | Rejection
+        served: bytes | None = None  # what the verified copy holds, if not the whole object
         if declared in IMAGE_TYPES and size <= MAX_IMAGE_BYTES:
             data = await self._read(event, pinned)
-            outcome: (
-                ImageReport | FileReport | Rejection
-            ) = await asyncio.get_running_loop().run_in_executor(
-                self._pool,
+            outcome = await self._in_pool(
                 _analyse_image_job,
                 data,
                 declared,
                 tuple(self._settings.thumbnail_sizes),
                 self._settings.max_image_pixels,
                 self._settings.processor_threads,
+                image_policy(profile.policy),
             )
+            if isinstance(outcome, ImageReport) and outcome.trailing_bytes_removed:
+                served = data[: outcome.served_size]  # a prefix of the scanned bytes
+        elif declared in MEDIA_TYPES and size > 0:
+            outcome = await self._describe_media(event, declared, size, etag, pinned)
         else:
             outcome = await self._describe_stream(event, declared, size, pinned)
             if isinstance(outcome, FileReport) and outcome.detected_type == "application/zip":
@@ -132,11 +188,28 @@ class Processor:
             log.info("rejected (%s): %s", outcome.code, outcome.reason, extra=extra)
             return
 
-        await self._keep_verified(event, etag)
+        await self._keep_verified(event, etag, served, head)
         thumbnails: list[Thumbnail] = []
         metadata: dict[str, Any]
-        if isinstance(outcome, ImageReport):
-            thumbnails = await self._write_thumbnails(event, outcome)
+        if isinstance(outcome, MediaReport):
+            thumbnails = await self._write_thumbnails(event, outcome.derivatives)
+            metadata = {
+                "type": outcome.detected_type,
+                "size": size,
+                "sha256": outcome.sha256,
+                outcome.kind: outcome.facts,
+            }
+            READ_BYTES.labels(outcome.kind).observe(outcome.read.bytes_read)
+            log.info(
+                "%s described from %d of %d bytes (%d ranged GETs)",
+                outcome.kind,
+                outcome.read.bytes_read,
+                size,
+                outcome.read.requests,
+                extra=extra,
+            )
+        elif isinstance(outcome, ImageReport):
+            thumbnails = await self._write_thumbnails(event, outcome.derivatives)
             metadata = {
                 "type": outcome.detected_type,
                 "size": size,
@@ -147,6 +220,12 @@ class Processor:
                 "mode": outcome.mode,
                 "frames": outcome.frames,
                 "exif": outcome.exif,
+                "metadata_bytes": outcome.metadata_bytes,
+                "trailing_bytes": outcome.trailing_bytes,
+                "trailing_bytes_removed": outcome.trailing_bytes_removed,
+                # What the download serves: the upload, or its image alone.
+                "served_size": outcome.served_size,
+                "served_sha256": outcome.served_sha256,
             }
         else:
             metadata = {
@@ -184,9 +263,19 @@ class Processor:
             log.warning("unreadable sidecar for %s; processing again", event.key)
             return None
 
-    async def _keep_verified(self, event: ScanClean, etag: str) -> None:
-        """Copy the verified version where no client URL can write; downloads read it."""
+    async def _keep_verified(
+        self, event: ScanClean, etag: str, served: bytes | None, head: dict[str, Any]
+    ) -> None:
+        """Copy the verified version where no client URL can write; downloads read it.
+
+        `served` (the image without its trailing data) is written instead of a copy.
+        """
         target = verified_key(self._settings.verified_prefix, event.key)
+        if served is not None:
+            await self._put(
+                target, served, str(head.get("ContentType", "")), head.get("Metadata") or {}
+            )
+            return
         params: dict[str, Any] = {
             "Bucket": event.bucket,
             "Key": target,
@@ -211,6 +300,75 @@ class Processor:
         except (ClientError, BotoCoreError) as exc:
             raise read_failure(exc) from exc
         return data
+
+    async def _describe_media(
+        self, event: ScanClean, declared: str, size: int, etag: str, pinned: dict[str, str]
+    ) -> MediaReport | FileReport | Rejection:
+        """A video or PDF: a pool job reads what it needs while this process hashes it all."""
+        head = await self._range(event, 0, min(size, SNIFF_BYTES) - 1, pinned)
+        detected = sniff_type(head)
+        if detected is None or not type_matches(declared, detected):
+            return Rejection(
+                "type_mismatch",
+                f"declared {declared} but the content is {detected or 'of an unknown type'}",
+            )
+        job = _JOBS.get(detected)
+        if job is None:
+            return await self._describe_stream(event, declared, size, pinned)
+        signed = self._storage.presign_get(
+            event.bucket,
+            event.key,
+            expires_in=int(self._settings.processor_job_seconds) + 300,
+        )
+        source = MediaSource(url=signed.url, size=size, etag=etag or None)
+        digest = asyncio.create_task(self._sha256(event, pinned))
+        try:
+            outcome = await self._in_pool(job, source, detected, self._limits)
+        except BaseException:
+            await _cancelled(digest)
+            raise
+        if isinstance(outcome, Rejection):
+            await _cancelled(digest)
+            return outcome
+        return dataclasses.replace(outcome, sha256=await digest)
+
+    async def _in_pool(self, fn: Callable[..., _T], *args: Any) -> _T | Rejection:
+        """Run a job in the pool under the wall-time limit; its failures become verdicts."""
+        limit = self._settings.processor_job_seconds
+        try:
+            return await self._pool.run(fn, *args, timeout=limit)
+        except JobTimeout as exc:
+            return Rejection(
+                "over_limit",
+                f"processing it took longer than {exc.seconds:g} s (the limit per file) "
+                "and was stopped",
+            )
+        except JobCrashed as exc:
+            if exc.by_crash_signal:
+                return Rejection(
+                    "corrupt", f"the file crashed its decoder ({describe_exit(exc.exitcode)})"
+                )
+            # Killed from outside (an operator, shutdown): the file may be fine.
+            raise Retry(f"the processing worker died ({describe_exit(exc.exitcode)})") from exc
+        except StorageReadError as exc:
+            if exc.changed:
+                raise Reject("the object changed while it was being processed") from exc
+            raise Retry(f"storage read failed: {exc}") from exc
+
+    async def _sha256(self, event: ScanClean, pinned: dict[str, str]) -> str:
+        """The object's SHA-256, streamed (bounded memory)."""
+        digest = hashlib.sha256()
+        try:
+            response = await self._s3.get_object(Bucket=event.bucket, Key=event.key, **pinned)
+            body = response["Body"]
+            try:
+                while chunk := await body.read(CHUNK):
+                    await asyncio.to_thread(digest.update, chunk)
+            finally:
+                body.close()
+        except (ClientError, BotoCoreError) as exc:
+            raise read_failure(exc) from exc
+        return digest.hexdigest()
 
     async def _describe_stream(
         self, event: ScanClean, declared: str, size: int, pinned: dict[str, str]
@@ -274,9 +432,11 @@ class Processor:
             raise read_failure(exc) from exc
         return data
 
-    async def _write_thumbnails(self, event: ScanClean, report: ImageReport) -> list[Thumbnail]:
+    async def _write_thumbnails(
+        self, event: ScanClean, derivatives: list[Derivative]
+    ) -> list[Thumbnail]:
         written = []
-        for derivative in report.derivatives:
+        for derivative in derivatives:
             key = thumbnail_key(event.key, derivative.size)
             await self._put(key, derivative.data, derivative.content_type)
             written.append(
@@ -291,7 +451,9 @@ class Processor:
             )
         return written
 
-    async def _put(self, key: str, data: bytes, content_type: str) -> None:
+    async def _put(
+        self, key: str, data: bytes, content_type: str, metadata: dict[str, str] | None = None
+    ) -> None:
         try:
             await self._s3.put_object(
                 Bucket=self._settings.bucket,
@@ -299,6 +461,7 @@ class Processor:
                 Body=data,
                 ContentType=content_type,
                 ServerSideEncryption="AES256",
+                Metadata=metadata or {},
             )
         except (ClientError, BotoCoreError) as exc:
             raise Retry(f"storage PUT failed: {exc}") from exc
@@ -312,22 +475,37 @@ def read_failure(exc: ClientError | BotoCoreError) -> Reject | Retry:
 
 
 def _analyse_image_job(
-    data: bytes, declared: str, sizes: tuple[int, ...], max_pixels: int, threads: int
+    data: bytes,
+    declared: str,
+    sizes: tuple[int, ...],
+    max_pixels: int,
+    threads: int,
+    policy: ImagePolicy,
 ) -> ImageReport | Rejection:
     """Runs in a worker process."""
     return analyse_image(
-        data, declared_type=declared, sizes=sizes, max_pixels=max_pixels, threads=threads
+        data,
+        declared_type=declared,
+        sizes=sizes,
+        max_pixels=max_pixels,
+        threads=threads,
+        policy=policy,
     )
 
 
-def process_pool(workers: int) -> ProcessPoolExecutor:
-    # forkserver: never fork the event loop's process with its threads and sockets.
-    return ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
-    )
+async def _cancelled(task: asyncio.Task[Any]) -> None:
+    """Cancel a helper task and wait for it; its own failure no longer matters."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Retry, Reject):
+        await task
+
+
+def process_pool(workers: int) -> JobPool:
+    """The pool CPU work runs in: one process per slot, jobs killed past their limit."""
+    return JobPool(workers)
 
 
 async def build_processor(
-    resources: WorkerResources, pool: ProcessPoolExecutor
+    resources: WorkerResources, pool: JobPool
 ) -> tuple[Handler, OnDeadLetter]:
     return Processor(resources, pool), failure_reporter(resources.publisher, STAGE)

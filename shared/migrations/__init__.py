@@ -62,13 +62,37 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         2,
+        "owner limits",
+        up="""
+        CREATE TABLE owner_buckets (
+            owner      text PRIMARY KEY,
+            tokens     double precision NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE owner_streams (
+            id         uuid PRIMARY KEY,
+            owner      text NOT NULL,
+            expires_at timestamptz NOT NULL
+        );
+        CREATE INDEX owner_streams_owner ON owner_streams (owner, expires_at);
+        CREATE INDEX uploads_owner_open ON uploads (owner)
+            WHERE status IN ('pending', 'uploading');
+        """,
+        down="""
+        DROP INDEX uploads_owner_open;
+        DROP TABLE owner_streams;
+        DROP TABLE owner_buckets;
+        """,
+    ),
+    Migration(
+        3,
         "upload_metadata",
         # The application's own small string map (services/gateway/metadata.py).
         up="ALTER TABLE uploads ADD COLUMN metadata jsonb NOT NULL DEFAULT '{}'::jsonb;",
         down="ALTER TABLE uploads DROP COLUMN metadata;",
     ),
     Migration(
-        3,
+        4,
         "notifications",
         # Public events: written in the transaction of the status change they announce
         # (store.transition), then relayed. No foreign key to uploads: an event of an

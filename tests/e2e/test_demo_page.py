@@ -27,7 +27,7 @@ from playwright.async_api import FileChooser, FilePayload, Locator, Page, Reques
 
 from services.gateway.auth import mint_token
 from shared.settings import MiB, Settings
-from tests.support import make_jpeg
+from tests.support import make_jpeg, tiny_mp4
 
 pytestmark = pytest.mark.integration
 
@@ -38,7 +38,8 @@ PART_COUNT = -(-BIG_SIZE // PART_SIZE)
 PIPELINE_TIMEOUT = 90_000  # ms: upload, scan and process 110 MiB on a busy 2-core machine
 
 # A minimal ISO-BMFF `ftyp` box (brand isom): sniffed as video/mp4.
-FTYP = b"\x00\x00\x00\x18ftypisom\x00\x00\x02\x00isomiso2"
+# A real, playable MP4: the processor decodes what follows the header now.
+FTYP = tiny_mp4()
 
 # Records every value the page's progress bars go through (attribute history), so a
 # bar that ever moved backwards is caught even between two samples.
@@ -88,7 +89,7 @@ class BreakableLink(Protocol):
 
 @pytest.fixture(scope="module")
 def big_mp4(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """110 MiB that sniff as video/mp4: an `ftyp` header, then random bytes."""
+    """110 MiB that play as video/mp4: a small real MP4, then random bytes."""
     path = tmp_path_factory.mktemp("media") / "big.mp4"
     with path.open("wb") as out:
         out.write(FTYP)

@@ -39,7 +39,7 @@ from services.gateway.appkeys import PRESIGNER, PUBLISHER, S3
 from shared.events import ObjectCreated
 from shared.keys import upload_id_from_key
 from shared.settings import MiB, Settings
-from tests.support import Uploads
+from tests.support import Uploads, tiny_mp4
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +50,8 @@ PAGE = Path(__file__).parent / "uppy_page.html"
 PAGE_PORT = 18281
 BIG_SIZE = 110 * MiB
 UPPY_PART = 5 * MiB  # Uppy's part size for this file: max(5 MiB, size / 10000)
-MP4_HEADER = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41"
+# A real, playable MP4: the processor decodes what follows the header now.
+MP4_HEADER = tiny_mp4()
 ASSETS = {
     "/uppy/uppy.min.mjs": "text/javascript; charset=utf-8",
     "/uppy/uppy.min.css": "text/css; charset=utf-8",
@@ -116,7 +117,7 @@ def photo(path: Path) -> int:
 
 
 def clip(path: Path) -> int:
-    """110 MiB that sniff as video/mp4: an `ftyp` header, then random bytes."""
+    """110 MiB that play as video/mp4: a small real MP4, then random bytes."""
     with path.open("wb") as out:
         out.write(MP4_HEADER)
         left = BIG_SIZE - len(MP4_HEADER)

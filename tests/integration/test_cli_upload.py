@@ -37,12 +37,13 @@ from clients.cli.upload import (
 from devstack.apps import settings_environment
 from services.gateway.app import create_app
 from shared.settings import MiB, Settings
-from tests.support import make_jpeg
+from tests.support import make_jpeg, tiny_mp4
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-MP4_HEADER = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41"
+# A real, playable MP4: the processor decodes what follows the header now.
+MP4_HEADER = tiny_mp4()
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -407,9 +408,10 @@ async def test_a_part_whose_url_expired_on_the_way_gets_a_fresh_one(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # URLs live 2 s and the first connection reaches storage 3 s late: storage says 403.
-    proxy = StorageProxy(settings.weed_s3_port, hold_first=3.0)
-    code = await upload_through(proxy, settings, token(), tmp_path, presign_ttl_seconds=2)
+    # URLs live 5 s and the first connection reaches storage 6 s late: storage says 403.
+    # (Long enough that a fresh URL is not outlived on a busy machine.)
+    proxy = StorageProxy(settings.weed_s3_port, hold_first=6.0)
+    code = await upload_through(proxy, settings, token(), tmp_path, presign_ttl_seconds=5)
     out, err = capsys.readouterr()
     assert code == ExitCode.OK, out + err
     [result] = json_lines(out)

@@ -27,17 +27,18 @@ from services.gateway.appkeys import PUBLISHER, S3, UPLOADS
 from services.gateway.reconciler import Reconciler
 from services.gateway.storage import unquoted
 from shared.events import ObjectCreated
-from shared.keys import upload_id_from_key
+from shared.keys import PROFILE_METADATA, upload_id_from_key
 from shared.settings import MiB, Settings, UploadPolicy
-from tests.support import Uploads, make_jpeg
+from tests.support import Uploads, make_jpeg, pdf_file, tiny_mp4
 
 pytestmark = pytest.mark.integration
 
-MP4_HEADER = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41"
+# A real, playable MP4: the processor decodes what follows the header now.
+MP4_HEADER = tiny_mp4()
 
 
 def mp4_like(size: int) -> bytes:
-    """An ISO-BMFF header (what sniffing looks for) followed by incompressible bytes."""
+    """A small real MP4 followed by incompressible bytes."""
     return MP4_HEADER + os.urandom(size - len(MP4_HEADER))
 
 
@@ -134,8 +135,10 @@ async def test_params_signs_a_post_policy_that_storage_enforces(
     assert fields["x-amz-server-side-encryption"] == "AES256"
     assert fields["success_action_status"] == "201"
     assert fields["x-amz-algorithm"] == "AWS4-HMAC-SHA256"
+    assert fields[f"x-amz-meta-{PROFILE_METADATA}"] == "image"
     conditions = json.loads(base64.b64decode(fields["policy"]))["conditions"]
     assert ["content-length-range", 1, 10_000_000] in conditions  # the image profile
+    assert {f"x-amz-meta-{PROFILE_METADATA}": "image"} in conditions
     assert {"key": key} in conditions
 
     upload_id = upload_id_of(settings, key)
@@ -148,6 +151,8 @@ async def test_params_signs_a_post_policy_that_storage_enforces(
     assert await companion.post_form(signed, b"x", **{"Content-Type": "image/png"}) == 403
     assert await companion.post_form(signed, b"x", key=key + "x") == 403
     assert await companion.post_form(signed, b"x", **{"x-amz-signature": "0" * 64}) == 403
+    other_profile = {f"x-amz-meta-{PROFILE_METADATA}": "media"}
+    assert await companion.post_form(signed, b"x", **other_profile) == 403
 
     data = make_jpeg(800, 600)
     assert await companion.post_form(signed, data) == 201
@@ -155,6 +160,7 @@ async def test_params_signs_a_post_policy_that_storage_enforces(
     head = await s3.head_object(Bucket=settings.bucket, Key=key)
     assert head["ContentLength"] == len(data)
     assert (head["ContentType"], head["ServerSideEncryption"]) == ("image/jpeg", "AES256")
+    assert head["Metadata"] == {PROFILE_METADATA: "image"}  # the processor applies its rules
 
     # No complete call in this flow: storage's notification (what the relay publishes)
     # drives it, and the recorder takes the landed size for the undeclared one.
@@ -187,7 +193,7 @@ async def test_a_post_upload_without_notification_is_found_by_the_reconciler(
     assert status == 200, signed
     conditions = json.loads(base64.b64decode(signed["fields"]["policy"]))["conditions"]
     assert ["content-length-range", 1, 2000 * MiB] in conditions
-    data = b"%PDF-1.4\n" + os.urandom(4000) + b"\n%%EOF\n"
+    data = pdf_file()
     assert await companion.post_form(signed, data) == 201
 
     upload_id = upload_id_of(settings, signed["fields"]["key"])
@@ -251,6 +257,7 @@ async def test_multipart_through_the_routes_completes_with_quoted_and_unquoted_e
     }
     head = await gateway_app[S3].head_object(Bucket=settings.bucket, Key=started["key"])
     assert head["ContentLength"] == len(data)
+    assert head["Metadata"] == {PROFILE_METADATA: "media"}
     # A retried complete (Uppy retries on network errors) is answered the same way.
     assert await companion.complete(started, parts) == (200, done)
 

@@ -14,6 +14,7 @@ import pytest
 from aiohttp import ClientSession
 from botocore.config import Config
 
+from shared.keys import PROFILE_METADATA
 from shared.s3 import browser_presigner
 from shared.settings import Settings
 
@@ -137,7 +138,17 @@ async def test_single_put_lands_in_storage_and_completes(
     assert created["upload"]["method"] == "PUT"
     signed_url: str = created["upload"]["url"]
     assert "X-Amz-Signature=" in signed_url
-    assert "content-length%3Bcontent-type%3Bhost%3Bx-amz-server-side-encryption" in signed_url
+    signed_headers = ";".join(
+        [
+            "content-length",
+            "content-type",
+            "host",
+            f"x-amz-meta-{PROFILE_METADATA}",  # the profile travels with the object
+            "x-amz-server-side-encryption",
+        ]
+    )
+    assert f"X-Amz-SignedHeaders={signed_headers.replace(';', '%3B')}&" in signed_url
+    assert created["upload"]["headers"][f"x-amz-meta-{PROFILE_METADATA}"] == "image"
     expires = datetime.fromisoformat(created["expires_at"])
     assert timedelta(0) < expires - datetime.now(UTC) <= timedelta(minutes=15)
 
@@ -155,6 +166,7 @@ async def test_single_put_lands_in_storage_and_completes(
     assert head["ContentLength"] == len(jpeg)
     assert head["ServerSideEncryption"] == "AES256"
     assert head["ContentType"] == "image/jpeg"
+    assert head["Metadata"] == {PROFILE_METADATA: "image"}
 
     async with http.get(f"{gateway}/v1/uploads/{created['id']}", headers=owner_headers) as resp:
         record = await resp.json()

@@ -6,7 +6,6 @@ import asyncio
 import base64
 import hashlib
 import io
-import os
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,15 +16,9 @@ from botocore.exceptions import ClientError
 from services.gateway.appkeys import POOL, S3, UPLOADS
 from services.gateway.reconciler import Reconciler
 from shared.settings import MiB, Settings
-from tests.support import Uploads
+from tests.support import Uploads, mp4_like
 
 pytestmark = pytest.mark.integration
-
-
-def mp4_like(size: int) -> bytes:
-    """An ISO-BMFF header (what sniffing looks for) followed by incompressible bytes."""
-    header = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41"
-    return header + os.urandom(size - len(header))
 
 
 @pytest.fixture

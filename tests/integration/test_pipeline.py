@@ -96,9 +96,15 @@ async def test_a_jpeg_reaches_ready_with_every_stage_streamed_in_order(
         allow_redirects=False,
     ) as resp:
         assert resp.status == 302
+        assert resp.headers["X-Request-ID"]
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"
         location = resp.headers["Location"]
     async with http.get(location) as resp:
         assert await resp.read() == data
+    async with http.get(f"{uploads.gateway}/metrics") as resp:
+        metrics = await resp.text()
+    download = 'route="/v1/uploads/{id}/download",status="302"'
+    assert f'clearance_http_requests_total{{method="GET",{download}}}' in metrics
 
 
 async def test_reusing_the_upload_url_after_the_scan_cannot_change_what_is_served(

@@ -115,8 +115,20 @@ def test_endpoints_filter_by_type_and_are_named_by_their_url() -> None:
     twice = {"url": "https://a.example/h", "secret": SECRET}
     with pytest.raises(ValidationError, match="unique"):
         Settings(webhooks=[twice, twice])
+    real = {
+        "jwt_secret": "j" * 40,
+        "s3_access_key": "prod-key",
+        "s3_secret_key": "prod-secret",
+        "webhook_token": "hook-token",
+    }
+    assert Settings(environment="production", _env_file=None, webhooks=[twice], **real)
     with pytest.raises(ValidationError, match="https in production"):
-        Settings(environment="production", webhooks=[twice | {"url": "http://a.example/h"}])
+        Settings(
+            environment="production",
+            _env_file=None,
+            webhooks=[twice | {"url": "http://a.example/h"}],
+            **real,
+        )
 
 
 def test_webhook_endpoints_survive_the_trip_to_a_child_process(

@@ -190,6 +190,16 @@ def test_the_policy_pins_what_storage_must_enforce() -> None:
     assert signed.url == "http://127.0.0.1:18333/clearance-uploads/"
 
 
+def test_form_metadata_is_a_field_and_an_exact_condition() -> None:
+    signed = ours(SCENARIOS[0]).presign_form_upload(
+        "clearance-uploads", "uploads/k", content_type="image/png", min_size=1, max_size=10,
+        metadata={"clearance-profile": "image"}, now=FIXED,
+    )  # fmt: skip
+    policy = json.loads(base64.b64decode(signed.fields["policy"]))
+    assert signed.fields["x-amz-meta-clearance-profile"] == "image"
+    assert {"x-amz-meta-clearance-profile": "image"} in policy["conditions"]
+
+
 @pytest.mark.parametrize(
     ("endpoint", "style", "bucket", "url"),
     [

@@ -434,6 +434,40 @@ def test_metadata_headers_match_botocore() -> None:
     assert got == expected
 
 
+def test_put_metadata_is_signed_like_botocore_and_returned_to_send() -> None:
+    params = {
+        "Bucket": "upl",
+        "Key": "k",
+        "ContentType": "image/png",
+        "ContentLength": 5,
+        "ServerSideEncryption": "AES256",
+        "Metadata": {"clearance-profile": "image"},
+    }
+    expected = boto_url(boto_client(LOCAL), "put_object", params, 900, FIXED)
+    got = ours(LOCAL).presign_put(
+        "upl", "k", content_type="image/png", content_length=5,
+        metadata={"clearance-profile": "image"}, now=FIXED,
+    )  # fmt: skip
+    assert got.url == expected
+    assert got.headers["x-amz-meta-clearance-profile"] == "image"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "match"),
+    [
+        ({"Profile": "image"}, "invalid metadata name"),
+        ({"a b": "image"}, "invalid metadata name"),
+        ({"profile": "ph\u00f6tos"}, "printable ASCII"),
+        ({"profile": ""}, "printable ASCII"),
+    ],
+)
+def test_unsendable_metadata_is_refused(metadata: dict[str, str], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        ours(LOCAL).presign_put(
+            "upl", "k", content_type="image/png", content_length=5, metadata=metadata
+        )
+
+
 def test_matches_the_aws_documentation_example() -> None:
     """The presigned GET from the S3 SigV4 query-auth documentation, independent of botocore."""
     p = Presigner(

@@ -159,3 +159,29 @@ class TestSettings:
             '{"image": {"content_types": ["image/png"], "max_size": 1000}}',
         )
         assert Settings().profiles["image"].content_types == frozenset({"image/png"})
+
+    @pytest.mark.parametrize("name", ["ph otos", "phötos", "-x", "a" * 65, ""])
+    def test_profile_names_must_be_sendable_as_object_metadata(self, name: str) -> None:
+        with pytest.raises(ValidationError, match="profile name"):
+            Settings(_env_file=None, profiles={"image": IMAGE, name: IMAGE})
+
+
+class TestProductionSettings:
+    def test_development_secrets_are_refused(self) -> None:
+        with pytest.raises(ValidationError, match="jwt_secret is the development default"):
+            Settings(environment="production", _env_file=None)
+
+    def test_real_secrets_are_accepted_and_open_storage_is_not(self) -> None:
+        real = {
+            "jwt_secret": "j" * 40,
+            "s3_access_key": "prod-key",
+            "s3_secret_key": "prod-secret",
+            "webhook_token": "hook-token",
+        }
+        assert Settings(environment="production", _env_file=None, **real).environment == (
+            "production"
+        )
+        with pytest.raises(ValidationError, match="s3_access_key"):
+            Settings(environment="production", _env_file=None, **(real | {"s3_access_key": ""}))
+        with pytest.raises(ValidationError, match="at least 32"):
+            Settings(environment="production", _env_file=None, **(real | {"jwt_secret": "short"}))
