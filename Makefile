@@ -67,5 +67,6 @@ bench: setup
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/upload.py
 	$(BIN)/python bench/media.py
+	$(BIN)/python bench/events.py
 
 ci: check test

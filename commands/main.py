@@ -154,6 +154,13 @@ def cmd_relay(args: argparse.Namespace) -> int:
     return run(settings)
 
 
+def cmd_webhooks(args: argparse.Namespace) -> int:
+    from commands.webhooks import run
+
+    settings = _settings()
+    return run(settings, args)
+
+
 def cmd_stack(args: argparse.Namespace) -> int:
     from devstack import stack_down, stack_status, stack_up
 
@@ -201,6 +208,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("processor", help="run the verify/metadata/thumbnail worker")
     p.set_defaults(func=cmd_processor)
+
+    p = sub.add_parser("webhooks", help="the webhook delivery log: list, show, replay; secrets")
+    hooks = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = hooks.add_parser("list", help="the newest deliveries, with attempts and last answer")
+    q.add_argument("--state", choices=["pending", "delivered", "dead"])
+    q.add_argument("--upload", metavar="UPLOAD_ID", help="only this upload's deliveries")
+    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--json", action="store_true", help="one JSON object per line")
+    q = hooks.add_parser("show", help="one delivery and every attempt (status, latency, error)")
+    q.add_argument("id", type=int)
+    q = hooks.add_parser("replay", help="send a delivery again now (e.g. a dead one)")
+    q.add_argument("id", type=int)
+    hooks.add_parser("secret", help="print a new endpoint secret (whsec_…)")
+    p.set_defaults(func=cmd_webhooks)
 
     p = sub.add_parser("token", help="print a bearer token for SUBJECT (local use)")
     p.add_argument("subject")

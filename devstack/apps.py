@@ -61,6 +61,10 @@ def settings_environment(settings: Settings) -> dict[str, str]:
             env[key] = value.get_secret_value()
         elif name == "state_dir":
             env[key] = str(Path(value).resolve())
+        elif name == "webhooks":  # their secrets are nested, so dumped as "**********"
+            env[key] = json.dumps(
+                [w.model_dump(mode="json") | {"secret": w.secret.get_secret_value()} for w in value]
+            )
         elif isinstance(dumped[name], str):
             env[key] = dumped[name]
         else:

@@ -6,12 +6,25 @@ Nested values (profiles) are JSON, e.g. `CLEARANCE_PROFILES='{"image": {...}}'`.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.status import Status
 
 MiB = 1024 * 1024
 
@@ -107,6 +120,62 @@ def default_profiles() -> dict[str, UploadPolicy]:
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
+# The public event types: `upload.<status>` (shared.status), or all of them.
+ALL_UPLOAD_EVENTS = "upload.*"
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - a prefix, not a secret
+
+
+class WebhookEndpoint(BaseModel):
+    """One operator-configured receiver of signed event POSTs (Standard Webhooks).
+
+    `secret` is `whsec_` + base64 of 24..64 random bytes (the Standard Webhooks form);
+    `clearance webhooks secret` prints a new one. `events` filters by type:
+    `upload.<status>` or `upload.*`. `name` identifies the endpoint in the delivery
+    log and metrics (default: the URL's host and path).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: AnyHttpUrl
+    secret: SecretStr
+    events: tuple[str, ...] = Field(default=(ALL_UPLOAD_EVENTS,), min_length=1)
+    name: str = Field(default="", pattern=r"^([a-z0-9_.:/-]{1,100})?$")
+
+    @field_validator("secret")
+    @classmethod
+    def _standard_secret(cls, v: SecretStr) -> SecretStr:
+        raw = v.get_secret_value()
+        if not raw.startswith(WEBHOOK_SECRET_PREFIX):
+            raise ValueError(f"must start with {WEBHOOK_SECRET_PREFIX!r}")
+        try:
+            key = base64.b64decode(raw[len(WEBHOOK_SECRET_PREFIX) :], validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError(f"must be {WEBHOOK_SECRET_PREFIX!r} + base64") from None
+        if not 24 <= len(key) <= 64:
+            raise ValueError(f"must hold 24..64 random bytes, not {len(key)}")
+        return v
+
+    @field_validator("events")
+    @classmethod
+    def _known_types(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        known = {ALL_UPLOAD_EVENTS} | {f"upload.{s.value}" for s in Status}
+        unknown = [e for e in v if e not in known]
+        if unknown:
+            raise ValueError(f"unknown event types {unknown}; use upload.<status> or upload.*")
+        return v
+
+    @model_validator(mode="after")
+    def _named(self) -> WebhookEndpoint:
+        if not self.name:
+            parts = urlsplit(str(self.url))
+            default = f"{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path}"
+            object.__setattr__(self, "name", default.rstrip("/").lower()[:100])
+        return self
+
+    def wants(self, event_type: str) -> bool:
+        """Whether this endpoint subscribed to `event_type`."""
+        return ALL_UPLOAD_EVENTS in self.events or event_type in self.events
+
 
 class Settings(BaseSettings):
     """Settings shared by the gateway, relay, workers, CLI and tests."""
@@ -176,6 +245,36 @@ class Settings(BaseSettings):
     drain_timeout_seconds: float = Field(default=30.0, gt=0)
     retry_delays_ms: tuple[int, ...] = (1000, 5000, 30000)
 
+    # Public events (DESIGN §5): the gateway relays its transactional outbox to this
+    # topic exchange, routing keys `upload.<status>`. `notifications_amqp_url` lets the
+    # application-facing stream live on another vhost or broker (default: amqp_url).
+    notifications_exchange: str = "clearance.notifications"
+    notifications_amqp_url: str | None = None
+    outbox_batch_size: int = Field(default=500, ge=1, le=10_000)
+    outbox_poll_seconds: float = Field(default=2.0, gt=0, le=300)
+    outbox_publish_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+
+    # Webhooks: signed POSTs of the same events to operator-configured endpoints, e.g.
+    # CLEARANCE_WEBHOOKS='[{"url": "https://app.example/hooks", "secret": "whsec_…"}]'.
+    webhooks: tuple[WebhookEndpoint, ...] = ()
+    # Seconds before attempt 2, 3, …; one attempt more than delays. Default 10 s·3ⁿ:
+    # 9 attempts over about 9 hours, then the delivery is dead (replayable).
+    webhook_retry_schedule_seconds: tuple[float, ...] = (
+        10,
+        30,
+        90,
+        270,
+        810,
+        2430,
+        7290,
+        21870,
+    )
+    webhook_retry_jitter: float = Field(default=0.2, ge=0, lt=1)  # ± this share of a delay
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120)
+    webhook_concurrency: int = Field(default=16, ge=1, le=1000)
+    webhook_poll_seconds: float = Field(default=5.0, gt=0, le=300)
+    webhook_retention_days: float = Field(default=14.0, gt=0)
+
     # S3-compatible storage
     s3_endpoint_url: str = "http://127.0.0.1:18333"
     s3_public_endpoint_url: str | None = None  # what browsers use, if different
@@ -204,6 +303,16 @@ class Settings(BaseSettings):
     relay_catchup_enabled: bool = True  # off where storage is not SeaweedFS (AWS, MinIO)
     relay_catchup_interval_seconds: float = Field(default=10.0, gt=0)
     relay_catchup_window_seconds: float = Field(default=3600.0, gt=0)
+    # AWS: S3 event notifications read from SQS (direct, or SNS-wrapped with raw
+    # delivery off). Credentials come from the default AWS chain (instance or task role)
+    # unless given here; `sqs_endpoint_url` is for SQS-compatible servers only.
+    sqs_queue_url: str | None = None
+    sqs_endpoint_url: str | None = None
+    sqs_region: str | None = None  # default: s3_region
+    sqs_access_key: str | None = None
+    sqs_secret_key: SecretStr | None = None
+    sqs_wait_seconds: int = Field(default=20, ge=0, le=20)  # long polling
+    sqs_publish_timeout_seconds: float = Field(default=10.0, gt=0)
 
     # Scanner
     clamd_host: str = "127.0.0.1"
@@ -246,6 +355,13 @@ class Settings(BaseSettings):
             raise ValueError("thumbnail sizes must be between 16 and 8192 px")
         return tuple(sorted(set(v), reverse=True))
 
+    @field_validator("webhook_retry_schedule_seconds")
+    @classmethod
+    def _schedule(cls, v: tuple[float, ...]) -> tuple[float, ...]:
+        if any(d <= 0 for d in v):
+            raise ValueError("retry delays must be positive seconds")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.default_profile not in self.profiles:
@@ -265,6 +381,9 @@ class Settings(BaseSettings):
                 )
         if self.jwt_algorithm == "RS256" and not self.jwt_public_key:
             raise ValueError("jwt_algorithm RS256 needs jwt_public_key (PEM)")
+        names = [w.name for w in self.webhooks]
+        if len(set(names)) != len(names):
+            raise ValueError(f"webhook endpoint names must be unique, got {names}")
         if self.environment == "production":
             self._check_production()
         return self
@@ -288,6 +407,9 @@ class Settings(BaseSettings):
             raise ValueError("jwt_secret must be at least 32 characters in production")
         if not self.s3_access_key or self.s3_access_key == defaults["s3_access_key"].default:
             raise ValueError("s3_access_key is the development default; set real credentials")
+        plain = [w.name for w in self.webhooks if w.url.scheme != "https"]
+        if plain:
+            raise ValueError(f"webhook endpoints {plain} must use https in production")
 
     @property
     def browser_s3_endpoint(self) -> str:

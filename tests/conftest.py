@@ -6,6 +6,7 @@ Integration tests talk to the real stack (`clearance stack up --infra-only`, whi
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import uuid
@@ -23,10 +24,13 @@ from shared.amqp.topology import dlq_name, retry_queue_name
 from shared.bucket import configure_bucket
 from shared.db import migrate
 from shared.pipeline import all_queues
-from shared.settings import Settings
+from shared.settings import Settings, WebhookEndpoint
+from tests.receiver import WebhookReceiver
 from tests.support import make_jpeg, pipeline_workers
 
 TEST_DB = os.environ.get("CLEARANCE_TEST_DATABASE", "clearance_test")
+# The suite's webhook endpoint signs with this (whsec_ + base64 of 32 bytes).
+WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"clearance-suite-webhook-secret!!").decode()
 
 
 def _dsn_for(base_dsn: str, name: str) -> str:
@@ -49,6 +53,7 @@ def base_settings() -> Settings:
         environment="test",
         queue_prefix=f"{TEST_DB}.q",
         amqp_exchange=f"{TEST_DB}.events",
+        notifications_exchange=f"{TEST_DB}.notifications",
         retry_delays_ms=(200, 500),
         max_attempts=3,
         drain_timeout_seconds=5,
@@ -58,7 +63,18 @@ def base_settings() -> Settings:
 
 
 @pytest.fixture(scope="session")
-def settings(base_settings: Settings) -> Settings:
+async def webhook_receiver() -> AsyncIterator[WebhookReceiver]:
+    """The application's webhook endpoint: up for the whole session, recording."""
+    receiver = WebhookReceiver()
+    await receiver.start()
+    try:
+        yield receiver
+    finally:
+        await receiver.close()
+
+
+@pytest.fixture(scope="session")
+def settings(base_settings: Settings, webhook_receiver: WebhookReceiver) -> Settings:
     """Settings for the suite: same stack, a database of its own."""
     return base_settings.model_copy(
         update={
@@ -66,6 +82,18 @@ def settings(base_settings: Settings) -> Settings:
             # A bucket of its own: a running `make run` stack (whose relay and
             # scanner watch the main bucket) never touches the suite's objects.
             "bucket": TEST_DB.replace("_", "-"),
+            # Every event goes to the suite's receiver, retried quickly: 4 attempts
+            # within about 2 s, then dead.
+            "webhooks": (
+                WebhookEndpoint(
+                    name="app",
+                    url=webhook_receiver.url,
+                    secret=WEBHOOK_SECRET,  # type: ignore[arg-type]
+                ),
+            ),
+            "webhook_retry_schedule_seconds": (0.2, 0.5, 1.0),
+            "webhook_timeout_seconds": 5.0,
+            "webhook_poll_seconds": 1.0,
         }
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import struct
 import time
 import zipfile
@@ -45,6 +46,7 @@ class Uploads:
         content_type: str,
         filename: str = "f.jpg",
         profile: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "filename": filename,
@@ -53,6 +55,8 @@ class Uploads:
         }
         if profile is not None:
             body["profile"] = profile
+        if metadata is not None:
+            body["metadata"] = metadata
         async with self.http.post(
             f"{self.gateway}/v1/uploads", json=body, headers=self.headers
         ) as resp:
@@ -74,9 +78,13 @@ class Uploads:
             assert resp.status == 202, await resp.text()
 
     async def send(
-        self, data: bytes, content_type: str = "image/jpeg", profile: str | None = None
+        self,
+        data: bytes,
+        content_type: str = "image/jpeg",
+        profile: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> str:
-        created = await self.create(data, content_type, profile=profile)
+        created = await self.create(data, content_type, profile=profile, metadata=metadata)
         await self.put(created, data)
         await self.complete(created["id"])
         return str(created["id"])
@@ -195,6 +203,14 @@ async def eventually(
             described = what() if callable(what) else what
             raise AssertionError(f"{described} did not happen within {timeout:g} s")
         await asyncio.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now (for servers a test starts later)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 # -- media made by the tests ------------------------------------------------------

@@ -11,7 +11,7 @@ from aiohttp import web
 from botocore.exceptions import ClientError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from services.gateway import openapi
+from services.gateway import asyncapi, openapi
 from services.gateway.appkeys import (
     AMQP,
     METRICS,
@@ -36,6 +36,7 @@ from services.gateway.middlewares import (
     header_limit_middleware,
     request_id_middleware,
 )
+from services.gateway.notifier import outbox_relay_context, webhooks_context
 from services.gateway.reconciler import reconciler_context
 from services.gateway.storage import Storage
 from services.gateway.uploads import UploadService
@@ -155,10 +156,25 @@ async def openapi_view(request: web.Request) -> web.Response:
     )
 
 
+async def asyncapi_view(request: web.Request) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(asyncapi.document(request.app[SETTINGS].notifications_exchange)),
+        content_type="application/json",
+    )
+
+
 def create_app(
-    settings: Settings, *, with_broker: bool = True, with_reconciler: bool = True
+    settings: Settings,
+    *,
+    with_broker: bool = True,
+    with_reconciler: bool = True,
+    with_outbox_relay: bool | None = None,
 ) -> web.Application:
-    """Build the gateway. Resources open on start-up and close on clean-up, in order."""
+    """Build the gateway. Resources open on start-up and close on clean-up, in order.
+
+    `with_outbox_relay` (default: `with_broker`) runs the relay of public events; the
+    webhook dispatcher runs whenever endpoints are configured.
+    """
     metrics = GatewayMetrics()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -195,12 +211,16 @@ def create_app(
         app.cleanup_ctx.append(recorder_context)
     if with_reconciler:
         app.cleanup_ctx.append(reconciler_context)
+    if with_broker if with_outbox_relay is None else with_outbox_relay:
+        app.cleanup_ctx.append(outbox_relay_context)
+    app.cleanup_ctx.append(webhooks_context)
 
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/readyz", readyz)
     r.add_get("/metrics", metrics_view)
     r.add_get("/openapi.json", openapi_view)
+    r.add_get("/asyncapi.json", asyncapi_view)
     r.add_view("/v1/uploads", UploadsView)
     r.add_view("/v1/uploads/{id}", UploadView)
     r.add_view("/v1/uploads/{id}/parts", PartsView)

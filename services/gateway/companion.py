@@ -14,6 +14,10 @@ problem+json). The shapes are the ones `@uppy/aws-s3` really sends (6.x with
   `POST .../complete?key=` `{parts: [{PartNumber, ETag}]}` → `{location, key, bucket}`,
   `DELETE /s3/multipart/{uploadId}?key=` → `{}`.
 
+Uppy's `meta` (`metadata` in the body, `metadata[k]=v` in the query) becomes the
+upload's application metadata, less Uppy's own `name`, `type` and `relativePath`, and
+less `profile`, which picks the profile (`services.gateway.metadata`).
+
 Uppy never declares a size: storage enforces the profile's byte range for a POST
 upload (`content-length-range`); for multipart the service checks the stored parts
 before completing and the completed object after. Part URLs sign no length (Uppy
@@ -43,6 +47,7 @@ from services.gateway.companion_models import (
     SignedPartUrl,
     SignedPartUrls,
 )
+from services.gateway.metadata import MetadataRefused, from_query, from_uppy
 from services.gateway.policy import PartListRefused, PartsGone, PolicyRefused
 from shared.keys import upload_id_from_key
 from shared.problems import BadRequest, NotFound, Problem, ValidationFailed, from_http_exception
@@ -55,6 +60,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Where Uppy's (and Companion's) statuses differ from /v1's for the same refusal.
 STATUS_FOR: tuple[tuple[type[Problem], int], ...] = (
     (PolicyRefused, 422),
+    (MetadataRefused, 422),
     (ValidationFailed, 400),
     (PartsGone, 404),
     (PartListRefused, 400),
@@ -120,12 +126,16 @@ def _ok(model: BaseModel | list[BaseModel]) -> web.Response:
 async def params(request: web.Request) -> web.Response:
     """`GET /s3/params`: record an upload and sign a POST policy for it."""
     uploads = request.app[UPLOADS]
+    meta, errors = from_query(request.query.items())
+    if errors:
+        raise MetadataRefused("invalid application metadata", errors=errors)
     upload = await uploads.create(
         owner_of(request),
         filename=_required(request, "filename"),
         content_type=_required(request, "type"),
         size=None,
-        profile=request.query.get("metadata[profile]") or None,
+        profile=meta.get("profile") or None,
+        metadata=from_uppy(meta),
         correlation_id=correlation_id(request),
     )
     signed = uploads.sign_form(upload)
@@ -145,6 +155,7 @@ async def create_multipart(request: web.Request) -> web.Response:
         content_type=body.type,
         size=None,
         profile=requested if isinstance(requested, str) and requested else None,
+        metadata=from_uppy(body.metadata),
         multipart=True,
         correlation_id=correlation_id(request),
     )

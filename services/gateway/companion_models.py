@@ -24,7 +24,13 @@ class CreateMultipart(_Lenient):
     filename: StrictStr = Field(description="The user's file name (stored, never used as a key)")
     type: StrictStr = Field(description="Content type; must be allowed by the profile")
     metadata: dict[str, Any] | None = Field(
-        default=None, description="`profile` picks an upload profile; chosen by type if absent"
+        default=None,
+        description=(
+            "Uppy's file meta. `profile` picks an upload profile (chosen by type if absent);"
+            " Uppy's own `name`, `type` and `relativePath` are ignored; the rest is stored as"
+            " the upload's application metadata (string values, keys of a-z 0-9 _ . -, at"
+            " most 16 keys and 2 KiB)"
+        ),
     )
 
 

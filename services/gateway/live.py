@@ -37,6 +37,7 @@ class Listener:
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
         self._waiters: dict[uuid.UUID, set[asyncio.Event]] = defaultdict(set)
+        self._any: set[asyncio.Event] = set()  # woken by every notification
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
 
@@ -64,7 +65,19 @@ class Listener:
                 if not waiters:
                     del self._waiters[upload_id]
 
+    @contextlib.contextmanager
+    def subscribe_all(self) -> Iterator[asyncio.Event]:
+        """An event set by every notification (the outbox relay and webhooks wake on it)."""
+        event = asyncio.Event()
+        self._any.add(event)
+        try:
+            yield event
+        finally:
+            self._any.discard(event)
+
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
+        for event in self._any:
+            event.set()
         upload_id, _, _seq = str(payload).partition(":")
         try:
             key = uuid.UUID(upload_id)
@@ -74,6 +87,8 @@ class Listener:
             event.set()
 
     def _wake_all(self) -> None:
+        for event in self._any:
+            event.set()
         for waiters in self._waiters.values():
             for event in waiters:
                 event.set()

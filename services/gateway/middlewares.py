@@ -19,7 +19,15 @@ log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Paths anyone may call; everything else needs a bearer token.
-PUBLIC_PREFIXES = ("/healthz", "/readyz", "/metrics", "/openapi.json", "/static/", "/dev/")
+PUBLIC_PREFIXES = (
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    "/asyncapi.json",
+    "/static/",
+    "/dev/",
+)
 CORS_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
 CORS_MAX_AGE = "600"
 SERVER = "clearance"

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, WithJsonSchema
 
+from services.gateway import metadata
 from shared.detected import Detected
 from shared.status import Status
+
+# Checked by `metadata.check_metadata` (precise errors per key); described here.
+AppMetadataIn = Annotated[dict[str, Any], WithJsonSchema(metadata.SCHEMA)]
+AppMetadata = Annotated[dict[str, str], WithJsonSchema(metadata.SCHEMA)]
 
 
 class _Strict(BaseModel):
@@ -28,6 +33,10 @@ class CreateUpload(_Strict):
         default=None, description="Optional SHA-256 (hex or base64); storage verifies it"
     )
     profile: StrictStr | None = Field(default=None, description="Upload profile, e.g. image")
+    metadata: AppMetadataIn | None = Field(
+        default=None,
+        description="The application's own small string map, stored and sent back as given",
+    )
 
 
 class SignPartsRequest(_Strict):
@@ -128,6 +137,7 @@ class UploadRecord(BaseModel):
     content_type: str
     size: int
     declared: Declared
+    metadata: AppMetadata
     detected: Detected | None
     reason: str | None
     multipart: MultipartPlan | None
@@ -146,6 +156,7 @@ class UploadSummary(BaseModel):
     content_type: str
     size: int
     reason: str | None
+    metadata: AppMetadata
     created_at: datetime
     updated_at: datetime
 

@@ -142,6 +142,11 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "security": [],
         "responses": {"200": {"description": "OpenAPI 3.1"}},
     },
+    ("GET", "/asyncapi.json"): {
+        "summary": "The public events (message stream and webhooks) as AsyncAPI 3.0",
+        "security": [],
+        "responses": {"200": {"description": "AsyncAPI 3.0"}},
+    },
 }
 
 _UPPY = ["Uppy Companion compatibility"]
@@ -193,7 +198,23 @@ COMPANION_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         parameters=[
             _query("filename", "The user's file name (stored, never used as a key)"),
             _query("type", "Content type; must be allowed by the profile"),
-            _query("metadata[profile]", "Upload profile; chosen by type if absent", False),
+            {
+                "name": "metadata",
+                "in": "query",
+                "style": "deepObject",
+                "explode": True,
+                "required": False,
+                "description": (
+                    "Uppy's file meta as `metadata[k]=v`: `metadata[profile]` picks the upload"
+                    " profile (chosen by type if absent); Uppy's own name, type and"
+                    " relativePath are ignored; the rest is the upload's application metadata"
+                ),
+                "schema": {
+                    "type": "object",
+                    "properties": {"profile": {"type": "string"}},
+                    "additionalProperties": {"type": "string"},
+                },
+            },
         ],
     ),
     ("POST", "/s3/multipart"): _uppy(

@@ -1,8 +1,9 @@
-"""The uploads table and its timeline: every SQL statement the gateway runs.
+"""The uploads table and its timeline: every SQL statement the gateway runs on them.
 
 `transition()` is the single place where an upload changes status: it locks the row,
 applies the state machine, appends a timeline entry keyed by the causing event's id
-(a duplicate is a no-op) and NOTIFYs listeners (SSE) in the same transaction.
+(a duplicate is a no-op), writes the change's public event to the outbox and NOTIFYs
+listeners (SSE, the outbox relay, webhooks), all in the same transaction.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import base64
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import asyncpg
 import orjson
@@ -20,6 +21,13 @@ from asyncpg.pool import PoolConnectionProxy
 from shared.status import Status, can_transition
 
 NOTIFY_CHANNEL = "clearance_upload_events"
+# The database being away or restarting, as asyncpg reports it (background loops retry).
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
 
 if TYPE_CHECKING:
     Conn: TypeAlias = asyncpg.Connection[Any] | PoolConnectionProxy[Any]
@@ -28,7 +36,7 @@ if TYPE_CHECKING:
 _COLUMNS = (
     "id, owner, profile, filename, content_type, size, sha256, bucket, key, status,"
     " multipart_upload_id, part_size, part_count, detected, thumbnails, reason,"
-    " correlation_id, created_at, updated_at, expires_at"
+    " correlation_id, created_at, updated_at, expires_at, metadata"
 )
 
 
@@ -54,6 +62,7 @@ class Upload:
     created_at: datetime
     updated_at: datetime
     expires_at: datetime
+    metadata: dict[str, str]  # the application's own (services/gateway/metadata.py)
 
     @classmethod
     def pending(
@@ -73,6 +82,7 @@ class Upload:
         multipart_upload_id: str | None = None,
         part_size: int | None = None,
         part_count: int | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> Upload:
         """A new upload, before any byte has landed."""
         now = datetime.now(UTC)
@@ -97,6 +107,7 @@ class Upload:
             created_at=now,
             updated_at=now,
             expires_at=now + timedelta(seconds=ttl_seconds),
+            metadata=dict(metadata or {}),
         )
 
     @classmethod
@@ -125,12 +136,18 @@ class TimelineEntry:
         }
 
 
-async def insert_upload(conn: Conn, upload: Upload, *, actor: str) -> TimelineEntry:
-    """Record a new upload and its first timeline entry atomically."""
+class Outbox(Protocol):
+    """Writes the public event of a change, inside the change's transaction."""
+
+    async def add(self, conn: Conn, upload: Upload, entry: TimelineEntry) -> None: ...
+
+
+async def insert_upload(conn: Conn, upload: Upload, *, actor: str, outbox: Outbox) -> TimelineEntry:
+    """Record a new upload, its first timeline entry and its event atomically."""
     async with conn.transaction():
         await conn.execute(
             f"INSERT INTO uploads ({_COLUMNS}) VALUES"  # noqa: S608 - constant column list
-            " ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20)",
+            " ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21)",
             upload.id,
             upload.owner,
             upload.profile,
@@ -151,8 +168,11 @@ async def insert_upload(conn: Conn, upload: Upload, *, actor: str) -> TimelineEn
             upload.created_at,
             upload.updated_at,
             upload.expires_at,
+            upload.metadata,
         )
-        return await _append(conn, upload.id, upload.status, f"created:{upload.id}", actor, {})
+        entry = await _append(conn, upload.id, upload.status, f"created:{upload.id}", actor, {})
+        await outbox.add(conn, upload, entry)
+        return entry
 
 
 async def get_upload(
@@ -274,12 +294,15 @@ async def transition(
     to: Status,
     event_id: str,
     actor: str,
+    outbox: Outbox,
     detail: dict[str, Any] | None = None,
     updates: dict[str, Any] | None = None,
 ) -> TransitionResult | None:
     """Move an upload forward if the state machine allows it; None if it doesn't exist.
 
     `updates` sets extra columns (e.g. detected, thumbnails, reason) with the move.
+    The move's event goes to `outbox` in the same transaction: committed together or
+    not at all.
     """
     allowed_columns = {
         "detected",
@@ -312,8 +335,10 @@ async def transition(
             *args,
         )
         assert row is not None
+        moved = Upload.from_row(row)
         entry = await _append(conn, upload_id, to, event_id, actor, detail or {})
-        return TransitionResult(Upload.from_row(row), entry)
+        await outbox.add(conn, moved, entry)
+        return TransitionResult(moved, entry)
 
 
 async def delete_upload(pool: asyncpg.Pool[Any], upload_id: uuid.UUID) -> None:

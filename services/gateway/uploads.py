@@ -4,8 +4,8 @@
 translate request and response shapes and error envelopes, nothing else. The rules
 (policy, part layout, what a landing means) are pure functions in `policy` and
 `transitions`; storage calls go through `Storage`; every status change goes through
-`apply`, which writes the transition, the timeline entry and the NOTIFY (in one
-transaction, `store.transition`) and counts it.
+`apply`, which writes the transition, the timeline entry, the public event (the
+outbox) and the NOTIFY (in one transaction, `store.transition`) and counts it.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ import asyncpg
 
 from services.gateway import store, transitions
 from services.gateway.limits import OwnerLimits
+from services.gateway.metadata import MetadataRefused, check_metadata
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.outbox import NotificationOutbox
 from services.gateway.parts import (
     check_part_numbers,
     expected_length,
@@ -81,6 +83,8 @@ class UploadService:
         self.presigner = presigner
         self.publisher = publisher
         self.metrics = metrics
+        # Every change's public event, written in the change's transaction.
+        self.outbox = NotificationOutbox(settings)
 
     # -- reading -------------------------------------------------------------------
 
@@ -110,8 +114,12 @@ class UploadService:
         profile: str | None = None,
         sha256: str | None = None,
         multipart: bool = False,
+        metadata: object = None,
     ) -> store.Upload:
         """Validate a declared file against its profile and record a `pending` upload.
+
+        `metadata` is the application's small string map, checked by `check_metadata`
+        (a refusal names each bad key) before the profile is.
 
         `size=None` is an undeclared size (Uppy never sends one): the profile is then
         chosen by type and `multipart` says which kind of upload the client starts;
@@ -120,6 +128,7 @@ class UploadService:
         """
         name = profile or "unknown"
         try:
+            app_metadata = check_metadata(metadata)
             if size is None:
                 name, policy = choose_profile(
                     self.settings, content_type, profile, multipart=multipart
@@ -137,7 +146,7 @@ class UploadService:
                 raise PolicyRefused(
                     "the declared file does not meet the upload policy", errors=errors
                 )
-        except PolicyRefused:
+        except (PolicyRefused, MetadataRefused):
             self.metrics.uploads_created.labels(name, "rejected").inc()
             raise
         await self.limits.admit_create(owner)
@@ -169,9 +178,10 @@ class UploadService:
             multipart_upload_id=mpu_id,
             part_size=part_size,
             part_count=part_count,
+            metadata=app_metadata,
         )
         async with self.pool.acquire() as conn:
-            await store.insert_upload(conn, upload, actor="gateway")
+            await store.insert_upload(conn, upload, actor="gateway", outbox=self.outbox)
         self.metrics.uploads_created.labels(name, "created").inc()
         return upload
 
@@ -389,6 +399,7 @@ class UploadService:
             to=move.to,
             event_id=move.event_id,
             actor=move.actor,
+            outbox=self.outbox,
             detail=move.detail,
             updates=move.updates,
         )

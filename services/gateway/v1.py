@@ -47,6 +47,7 @@ class UploadsView(BaseView):
             size=body.size,
             sha256=body.sha256,
             profile=body.profile,
+            metadata=body.metadata,
             correlation_id=correlation_id(self.request),
         )
         created = UploadCreated(
@@ -103,6 +104,7 @@ class UploadsView(BaseView):
                 content_type=u.content_type,
                 size=u.size,
                 reason=u.reason,
+                metadata=u.metadata,
                 created_at=u.created_at,
                 updated_at=u.updated_at,
             )
@@ -150,6 +152,7 @@ class UploadView(BaseView):
                 size=upload.size,
                 sha256=upload.sha256,
             ),
+            metadata=upload.metadata,
             detected=upload.detected,
             reason=upload.reason,
             multipart=multipart,

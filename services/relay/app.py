@@ -2,7 +2,9 @@
 
 A webhook is answered 2xx only after the broker confirmed every event in its
 body, and 503 when it did not, so a sender that retries (MinIO, AWS targets)
-retries. SeaweedFS never retries; the metadata-log catch-up covers that.
+retries. SeaweedFS never retries; the metadata-log catch-up covers that. On AWS,
+with `sqs_queue_url` set, the relay also long-polls S3's notifications from SQS
+(`sqs.SqsIntake`) and deletes each message only after the broker's confirm.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from services.relay.formats import (
 )
 from services.relay.forwarding import Forwarder
 from services.relay.metrics import RelayMetrics
+from services.relay.sqs import SqsIntake, sqs_client
 from shared.amqp.broker import open_broker
 from shared.amqp.publisher import PublishFailed
 from shared.amqp.topology import QueueSpec
@@ -52,6 +55,7 @@ SCOPE = web.AppKey("scope", Scope)
 METRICS = web.AppKey("metrics", RelayMetrics)
 FORWARDER = web.AppKey("forwarder", Forwarder)
 CATCHUP = web.AppKey("catch_up", CatchUp)
+SQS = web.AppKey("sqs", SqsIntake)
 AMQP = web.AppKey("amqp", aio_pika.abc.AbstractRobustConnection)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -139,6 +143,7 @@ async def healthz(request: web.Request) -> web.Response:
     catch_up = app.get(CATCHUP)
     cursor = catch_up.cursor_ns if catch_up is not None else None
     forwarder = app.get(FORWARDER)
+    sqs = app.get(SQS)
     body = {
         "status": "ok",
         "broker": "connected"
@@ -146,6 +151,7 @@ async def healthz(request: web.Request) -> web.Response:
         else "disconnected",
         "catch_up_cursor": _iso(cursor / SECOND_NS) if cursor is not None else None,
         "newest_event": _iso(forwarder.newest_published) if forwarder is not None else None,
+        "sqs_last_receive": _iso(sqs.last_receive) if sqs is not None else None,
     }
     return web.json_response(body, dumps=lambda doc: orjson.dumps(doc).decode())
 
@@ -185,6 +191,23 @@ def _catch_up(periodic: bool) -> Callable[[web.Application], AsyncIterator[None]
     return context
 
 
+async def _sqs(app: web.Application) -> AsyncIterator[None]:
+    """Long-poll `sqs_queue_url` (AWS S3 notifications) for the app's lifetime."""
+    settings = app[SETTINGS]
+    async with sqs_client(settings) as client:
+        intake = SqsIntake(settings, client, app[FORWARDER], app[METRICS], app[SCOPE])
+        app[SQS] = intake
+        task = asyncio.create_task(intake.run_forever(), name="relay-sqs")
+        try:
+            yield
+        finally:
+            # A receive under way is dropped: its messages come back after the
+            # visibility timeout (their events are duplicates then, dropped by id).
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
 def create_app(
     settings: Settings,
     *,
@@ -207,6 +230,8 @@ def create_app(
     app[METRICS] = metrics
     app.cleanup_ctx.append(_broker(all_queues(settings) if queues is None else queues))
     app.cleanup_ctx.append(_catch_up(periodic_catch_up and settings.relay_catchup_enabled))
+    if settings.sqs_queue_url:
+        app.cleanup_ctx.append(_sqs)
     app.router.add_post("/hooks/seaweedfs", seaweedfs_hook)
     app.router.add_post("/hooks/s3", s3_hook)
     app.router.add_get("/healthz", healthz)

@@ -62,6 +62,7 @@ async def publish_confirmed(
     message: aio_pika.abc.AbstractMessage,
     *,
     timeout: float,  # noqa: ASYNC109 - bounds the reconnect wait and the confirm together
+    mandatory: bool = True,
 ) -> None:
     """Publish `message` as mandatory and wait for the broker's confirm.
 
@@ -69,6 +70,9 @@ async def publish_confirmed(
     `Unroutable` when no queue takes the message, `PublishFailed` on a nack, a
     missing exchange, a closed channel or no confirm within `timeout` seconds.
     A robust channel that is reconnecting is waited for, within `timeout`.
+    `mandatory=False` is for exchanges where no queue may be bound (the public
+    notifications: an application may use webhooks only); the broker then drops
+    an unroutable message and still confirms it.
     """
     if not channel.publisher_confirms:
         raise ValueError("publishing needs a channel opened with publisher_confirms=True")
@@ -81,7 +85,7 @@ async def publish_confirmed(
                 if exchange_name == ""
                 else await channel.get_exchange(exchange_name, ensure=False)
             )
-            result = await exchange.publish(message, routing_key, mandatory=True)
+            result = await exchange.publish(message, routing_key, mandatory=mandatory)
     except TimeoutError as exc:
         raise PublishFailed(f"no confirm within {timeout}s ({where})") from exc
     except PublishError as exc:

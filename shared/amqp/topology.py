@@ -73,8 +73,9 @@ async def connect(
     name: str | None = None,
     timeout: float = 10.0,  # noqa: ASYNC109 - first connection only
     reconnect_interval: float = 2.0,
+    url: str | None = None,
 ) -> aio_pika.abc.AbstractRobustConnection:
-    """Open a robust connection to `settings.amqp_url`.
+    """Open a robust connection to `url` (default `settings.amqp_url`).
 
     The first attempt must succeed within `timeout`, otherwise `BrokerUnavailable`
     is raised (the password is never part of the message). Once connected, the
@@ -82,8 +83,9 @@ async def connect(
     robust channels re-declare their queues, bindings and consumers. `name` shows
     up in the broker's connection list.
     """
+    url = url or settings.amqp_url
     connection = aio_pika.RobustConnection(
-        URL(settings.amqp_url),
+        URL(url),
         reconnect_interval=reconnect_interval,
         client_properties={"connection_name": name or "clearance"},
     )
@@ -92,8 +94,7 @@ async def connect(
     except (TimeoutError, *CONNECTION_EXCEPTIONS) as exc:
         await connection.close()
         raise BrokerUnavailable(
-            f"RabbitMQ at {_redacted(settings.amqp_url)} is unavailable: "
-            f"{type(exc).__name__}: {exc}"
+            f"RabbitMQ at {_redacted(url)} is unavailable: {type(exc).__name__}: {exc}"
         ) from exc
     return connection
 

@@ -84,4 +84,73 @@ MIGRATIONS: tuple[Migration, ...] = (
         DROP TABLE owner_buckets;
         """,
     ),
+    Migration(
+        3,
+        "upload_metadata",
+        # The application's own small string map (services/gateway/metadata.py).
+        up="ALTER TABLE uploads ADD COLUMN metadata jsonb NOT NULL DEFAULT '{}'::jsonb;",
+        down="ALTER TABLE uploads DROP COLUMN metadata;",
+    ),
+    Migration(
+        4,
+        "notifications",
+        # Public events: written in the transaction of the status change they announce
+        # (store.transition), then relayed. No foreign key to uploads: an event of an
+        # upload deleted right after its change is still owed to its receivers.
+        up="""
+        CREATE TABLE outbox (
+            id             bigserial PRIMARY KEY,
+            event_id       text NOT NULL UNIQUE,
+            upload_id      uuid NOT NULL,
+            routing_key    text NOT NULL,
+            correlation_id text NOT NULL,
+            body           text NOT NULL,
+            created_at     timestamptz NOT NULL DEFAULT clock_timestamp()
+        );
+        CREATE INDEX outbox_upload ON outbox (upload_id, id);
+
+        CREATE TABLE webhook_deliveries (
+            id              bigserial PRIMARY KEY,
+            endpoint        text NOT NULL,
+            event_id        text NOT NULL,
+            event_type      text NOT NULL,
+            upload_id       uuid NOT NULL,
+            body            text NOT NULL,
+            state           text NOT NULL DEFAULT 'pending'
+                            CHECK (state IN ('pending', 'delivered', 'dead')),
+            attempts        integer NOT NULL DEFAULT 0,
+            next_attempt_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+            lease           uuid,
+            locked_until    timestamptz,
+            last_status     integer,
+            last_error      text,
+            created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+            delivered_at    timestamptz,
+            dead_at         timestamptz,
+            replayed_at     timestamptz,
+            UNIQUE (endpoint, event_id)
+        );
+        CREATE INDEX webhook_deliveries_due ON webhook_deliveries (next_attempt_at, id)
+            WHERE state = 'pending';
+        CREATE INDEX webhook_deliveries_order ON webhook_deliveries (endpoint, upload_id, id)
+            WHERE state = 'pending';
+        CREATE INDEX webhook_deliveries_state ON webhook_deliveries (state, id);
+
+        CREATE TABLE webhook_attempts (
+            id          bigserial PRIMARY KEY,
+            delivery_id bigint NOT NULL REFERENCES webhook_deliveries (id) ON DELETE CASCADE,
+            attempt     integer NOT NULL,
+            started_at  timestamptz NOT NULL,
+            latency_ms  double precision NOT NULL,
+            status_code integer,
+            error       text
+        );
+        CREATE INDEX webhook_attempts_delivery ON webhook_attempts (delivery_id, id);
+        """,
+        down="""
+        DROP TABLE webhook_attempts;
+        DROP TABLE webhook_deliveries;
+        DROP TABLE outbox;
+        """,
+    ),
 )

@@ -66,6 +66,7 @@ async def test_openapi_describes_exactly_the_routes_that_exist(
         "size",
         "sha256",
         "profile",
+        "metadata",
     }
 
 

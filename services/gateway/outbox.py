@@ -1,0 +1,266 @@
+"""The transactional outbox: public events written with their change, relayed with confirms.
+
+Writing: `NotificationOutbox.add` runs inside `store.transition` / `insert_upload`, in
+the transaction of the status change. It stores the change's `UploadEvent` once for
+the broker (`outbox`) and once per webhook endpoint that subscribed to its type
+(`webhook_deliveries`, see `webhooks`). A change is therefore committed with its
+events or not at all: a crash after the commit loses nothing, and a broker outage
+only delays the stream.
+
+Relaying: `OutboxRelay` (a task of every gateway replica) claims rows with
+`FOR UPDATE SKIP LOCKED`, publishes them to the `notifications_exchange` topic
+exchange (routing key = event type) with publisher confirms, and deletes each row
+only after its confirm, in the claiming transaction. It wakes on the NOTIFY that
+every change sends, and polls every `outbox_poll_seconds` besides.
+
+Order: an upload's events are published in the order of their changes. Rows of one
+upload get increasing ids in commit order (its changes are serialised by the row
+lock); a pass publishes a row only if every older row of the same upload is in its
+own claim (another replica's claim blocks it), and publishes its claim in waves: the
+first pending event of each upload, then the second, … each wave confirmed before the
+next starts and the pass stopped at the first failure. After a lost confirm, an
+event may be published twice (same `message_id` = event id); never out of order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+import aio_pika.abc
+import asyncpg
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.gateway import webhooks
+from services.gateway.notifications import upload_event
+from services.gateway.store import DATABASE_ERRORS, TimelineEntry, Upload
+from shared.amqp.publisher import PublishFailed, publish_confirmed
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from services.gateway.store import Conn
+
+log = logging.getLogger(__name__)
+
+APP_ID = "clearance-gateway"
+# After a failed pass (broker or database trouble), wait this long before the next.
+RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
+
+
+class NotificationOutbox:
+    """`store.Outbox`: a change's event for the broker and for each subscribed webhook."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._endpoints = settings.webhooks
+
+    async def add(self, conn: Conn, upload: Upload, entry: TimelineEntry) -> None:
+        event = upload_event(upload, entry)
+        body = event.model_dump_json()
+        await conn.execute(
+            "INSERT INTO outbox (event_id, upload_id, routing_key, correlation_id, body)"
+            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+            event.event_id,
+            upload.id,
+            event.type,
+            upload.correlation_id,
+            body,
+        )
+        await webhooks.schedule(conn, self._endpoints, event, body)
+
+
+class OutboxMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.published = Counter(
+            "clearance_outbox_published_total",
+            "Public events the broker confirmed (and removed from the outbox)",
+            registry=registry,
+        )
+        self.failures = Counter(
+            "clearance_outbox_publish_failures_total",
+            "Publishes the broker did not confirm (retried from the outbox)",
+            registry=registry,
+        )
+        self.lag = Histogram(
+            "clearance_outbox_lag_seconds",
+            "From writing an event (the change's commit) to the broker's confirm",
+            registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+        )
+        self.backlog = Gauge(
+            "clearance_outbox_backlog",
+            "Events waiting in the outbox after the last relay pass",
+            registry=registry,
+        )
+
+
+# The oldest unclaimed rows, less those whose upload has an older row claimed by
+# another replica (which publishes that one first).
+_CLAIM = """
+WITH claimed AS (
+    SELECT id FROM outbox ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+)
+SELECT o.id, o.event_id, o.upload_id, o.routing_key, o.correlation_id, o.body, o.created_at
+FROM outbox o JOIN claimed c ON c.id = o.id
+WHERE NOT EXISTS (
+    SELECT 1 FROM outbox older
+    WHERE older.upload_id = o.upload_id AND older.id < o.id
+      AND older.id NOT IN (SELECT id FROM claimed)
+)
+ORDER BY o.id
+"""
+
+
+def waves(rows: Sequence[asyncpg.Record]) -> list[list[asyncpg.Record]]:
+    """Rows (in id order) → the first of each upload, then the second, and so on."""
+    grouped: list[list[asyncpg.Record]] = []
+    seen: dict[uuid.UUID, int] = {}
+    for row in rows:
+        n = seen.get(row["upload_id"], 0)
+        seen[row["upload_id"]] = n + 1
+        if n == len(grouped):
+            grouped.append([])
+        grouped[n].append(row)
+    return grouped
+
+
+def _message(row: asyncpg.Record) -> aio_pika.Message:
+    created: datetime = row["created_at"]
+    return aio_pika.Message(
+        body=row["body"].encode(),
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=row["event_id"],
+        correlation_id=row["correlation_id"],
+        type=row["routing_key"],
+        timestamp=created,
+        app_id=APP_ID,
+        headers={"upload_id": str(row["upload_id"])},
+    )
+
+
+class OutboxRelay:
+    """Drains the outbox to the notifications exchange; one per gateway replica."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: asyncpg.Pool[Any],
+        connection: aio_pika.abc.AbstractRobustConnection,
+        metrics: OutboxMetrics,
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._connection = connection
+        self._metrics = metrics
+        self._channel: aio_pika.abc.AbstractChannel | None = None
+        self._stopping = False
+
+    async def open(self) -> None:
+        """A confirming channel and the (durable, topic) notifications exchange."""
+        channel = self._connection.channel(publisher_confirms=True)
+        await channel
+        await channel.declare_exchange(
+            self._settings.notifications_exchange, aio_pika.ExchangeType.TOPIC, durable=True
+        )
+        self._channel = channel
+
+    async def close(self) -> None:
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+
+    def stop(self) -> None:
+        """Finish the pass under way, then stop."""
+        self._stopping = True
+
+    async def run(self, wake: asyncio.Event) -> None:
+        """Drain on every wake-up and poll; back off while the broker or database fails."""
+        failures = 0
+        while not self._stopping:
+            wake.clear()
+            try:
+                await self.drain()
+            except Exception as exc:
+                # The relay must outlive any failure: the broker or the database being
+                # away (expected, a warning) or a bug (logged with its trace).
+                expected = isinstance(exc, (PublishFailed, *DATABASE_ERRORS))
+                self._metrics.failures.inc()
+                delay = RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)]
+                failures += 1
+                log.log(
+                    logging.WARNING if expected else logging.ERROR,
+                    "outbox relay pass failed (%s: %s); again in %.1f s",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                    exc_info=not expected,
+                )
+                await asyncio.sleep(delay)
+                continue
+            failures = 0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), self._settings.outbox_poll_seconds)
+
+    async def drain(self) -> int:
+        """Publish until the outbox holds nothing this replica may publish; how many."""
+        total = 0
+        try:
+            while not self._stopping:
+                if not self._connection.connected.is_set():
+                    raise PublishFailed("not connected to the broker")
+                published, claimed = await self.pass_once()
+                total += published
+                if claimed < self._settings.outbox_batch_size or published == 0:
+                    break
+        finally:
+            with contextlib.suppress(*DATABASE_ERRORS):
+                self._metrics.backlog.set(await self._pool.fetchval("SELECT count(*) FROM outbox"))
+        return total
+
+    async def pass_once(self) -> tuple[int, int]:
+        """One claim, published wave by wave; returns (published, claimed)."""
+        assert self._channel is not None, "open() first"
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(_CLAIM, self._settings.outbox_batch_size)
+            confirmed: list[int] = []
+            failure: PublishFailed | None = None
+            for wave in waves(rows):
+                results = await asyncio.gather(
+                    *(self._publish(row) for row in wave), return_exceptions=True
+                )
+                for row, result in zip(wave, results, strict=True):
+                    if result is None:
+                        confirmed.append(row["id"])
+                    elif isinstance(result, PublishFailed):
+                        failure = result
+                    elif isinstance(result, BaseException):
+                        raise result
+                if failure is not None:
+                    break
+            if confirmed:
+                await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", confirmed)
+        if confirmed:
+            now = datetime.now(UTC)
+            sent = {row["id"]: row for row in rows}
+            for row_id in confirmed:
+                self._metrics.lag.observe((now - sent[row_id]["created_at"]).total_seconds())
+            self._metrics.published.inc(len(confirmed))
+        if failure is not None:
+            raise failure
+        return len(confirmed), len(rows)
+
+    async def _publish(self, row: asyncpg.Record) -> None:
+        assert self._channel is not None
+        await publish_confirmed(
+            self._channel,
+            self._settings.notifications_exchange,
+            row["routing_key"],
+            _message(row),
+            timeout=self._settings.outbox_publish_timeout_seconds,
+            mandatory=False,  # an application may listen through webhooks only
+        )
