@@ -215,8 +215,7 @@ async def complete(request: web.Request) -> web.Response:
     body = await read_model(request, CompleteMultipart)
     uploads = request.app[UPLOADS]
     # Uppy retries a complete whose answer it lost: one that already worked succeeds.
-    if upload.status is not Status.READY:
-        await uploads.complete(upload, [(p.PartNumber, p.ETag) for p in body.parts])
+    await uploads.complete(upload, [(p.PartNumber, p.ETag) for p in body.parts])
     location = uploads.presigner.bucket_url(upload.bucket) + upload.key
     return _ok(Completed(location=location, key=upload.key, bucket=upload.bucket))
 

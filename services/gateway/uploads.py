@@ -53,7 +53,7 @@ from shared.keys import PROFILE_METADATA, object_key, sidecar_key, verified_key
 from shared.presign import PresignedPost, PresignedRequest, Presigner
 from shared.problems import Conflict, FieldError, NotFound, ServiceUnavailable, ValidationFailed
 from shared.settings import Settings, UploadPolicy
-from shared.status import BEFORE_LANDING, Status
+from shared.status import BEFORE_LANDING, LANDED, Status
 
 log = logging.getLogger(__name__)
 
@@ -261,15 +261,16 @@ class UploadService:
     ) -> store.Upload:
         """The client says the bytes have landed: check them, complete, record, publish.
 
-        Idempotent: an upload that already landed is returned as it stands.
+        Idempotent: an upload that already landed (whatever the pipeline made of it
+        since) is returned as it stands; only one that expired or was aborted is refused.
         """
+        if upload.status in LANDED:
+            return upload
         if upload.status.final:
             raise Conflict(
                 f"the upload is {upload.status.value} and can't be completed",
                 upload_status=upload.status.value,
             )
-        if upload.status.rank >= Status.UPLOADED.rank:
-            return upload
         if upload.multipart_upload_id is None:
             if parts:
                 raise ValidationFailed(
@@ -278,6 +279,11 @@ class UploadService:
                 )
             stored = await self.storage.head(upload.bucket, upload.key)
             if stored is None:
+                # The pipeline may have been faster than this call (and moved an infected
+                # object to quarantine already): what it recorded is the answer then.
+                now = await store.get_upload(self.pool, upload.id)
+                if now is not None and now.status in LANDED:
+                    return now
                 raise Conflict("the object is not in storage yet; PUT it to the signed URL first")
         else:
             stored = await self._complete_multipart(upload, parts or [])

@@ -102,6 +102,8 @@ async def via_v1(http: ClientSession, base: str, auth: dict[str, str], data: byt
         assert resp.status == 200
     async with http.delete(f"{base}/v1/uploads/{abandoned}", headers=auth) as resp:
         assert resp.status == 204
+    async with http.post(f"{base}/v1/uploads/{abandoned}/complete", json={}, headers=auth) as resp:
+        assert resp.status == 409  # an aborted upload can't be completed
 
 
 async def via_uppy(http: ClientSession, base: str, auth: dict[str, str], data: bytes) -> None:

@@ -105,6 +105,12 @@ async def test_a_jpeg_reaches_ready_with_every_stage_streamed_in_order(
         metrics = await resp.text()
     download = 'route="/v1/uploads/{id}/download",status="302"'
     assert f'clearance_http_requests_total{{method="GET",{download}}}' in metrics
+    # A `complete` retried after the pipeline finished is answered with the outcome.
+    async with http.post(
+        f"{uploads.gateway}/v1/uploads/{created['id']}/complete", json={}, headers=uploads.headers
+    ) as resp:
+        assert resp.status == 202
+        assert (await resp.json())["status"] == "ready"
 
 
 async def test_reusing_the_upload_url_after_the_scan_cannot_change_what_is_served(
