@@ -29,9 +29,6 @@ from tests.support import Uploads, eventually, make_jpeg
 
 pytestmark = pytest.mark.integration
 
-# A clamd that accepts connections and never answers: scans hang until killed.
-STALLED_CLAMD_PORT = 13319
-
 
 @pytest.fixture
 def uploads(http: ClientSession, gateway: str, owner_headers: dict[str, str]) -> Uploads:
@@ -61,9 +58,10 @@ async def stalled_clamd() -> AsyncIterator[int]:
                 pass
         writer.close()
 
-    server = await asyncio.start_server(swallow, "127.0.0.1", STALLED_CLAMD_PORT)
+    # A clamd that accepts connections and never answers: scans hang until killed.
+    server = await asyncio.start_server(swallow, "127.0.0.1", 0)
     async with server:
-        yield STALLED_CLAMD_PORT
+        yield server.sockets[0].getsockname()[1]
 
 
 @pytest.fixture
