@@ -81,7 +81,7 @@ async def demo(settings: Settings) -> int:
     headers = {"Authorization": f"Bearer {token}"}
     data = sample_jpeg()
     print(f"\nClearance demo: one JPEG ({len(data):,} bytes) through {gateway}\n")
-    async with ClientSession(timeout=ClientTimeout(total=60)) as http:
+    async with ClientSession(timeout=ClientTimeout(total=120)) as http:
         await wait_ready(http, gateway, time.monotonic() + 30)
         say("token", f"{token[:24]}… (clearance token demo-user)")
         body = {"filename": "demo-photo.jpg", "content_type": "image/jpeg", "size": len(data)}
@@ -113,7 +113,7 @@ async def demo(settings: Settings) -> int:
             f"{gateway}/v1/uploads/{created['id']}/complete", json={}, headers=headers
         ) as resp:
             say("complete", f"{resp.status} {await resp.text()}")
-        await asyncio.wait_for(follower, timeout=60)
+        await asyncio.wait_for(follower, timeout=120)
         async with http.get(f"{gateway}/v1/uploads/{created['id']}", headers=headers) as resp:
             record = await resp.json()
     print("\nThe upload's record (GET /v1/uploads/{id}):\n")
