@@ -212,9 +212,10 @@ class Settings(BaseSettings):
 
     # What one client may take of the gateway. Per-owner limits hold across every
     # gateway process (PostgreSQL is the shared count).
-    create_rate_per_minute: float = Field(default=120.0, gt=0)  # sustained, per owner
-    create_burst: int = Field(default=60, ge=1)  # creates at once, per owner
-    max_pending_uploads: int = Field(default=200, ge=1)  # not yet landed, per owner
+    create_rate_per_minute: float = Field(default=600.0, gt=0)  # sustained, per owner
+    # A user dropping a few hundred photos at once is normal; a script creating thousands is not.
+    create_burst: int = Field(default=300, ge=1)  # creates at once, per owner
+    max_pending_uploads: int = Field(default=500, ge=1)  # not yet landed, per owner
     max_streams_per_owner: int = Field(default=20, ge=1)  # open SSE streams
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)  # all request headers
     max_headers: int = Field(default=64, ge=8)  # header fields per request
