@@ -216,7 +216,7 @@ class Settings(BaseSettings):
     # A user dropping a few hundred photos at once is normal; a script creating thousands is not.
     create_burst: int = Field(default=300, ge=1)  # creates at once, per owner
     max_pending_uploads: int = Field(default=500, ge=1)  # not yet landed, per owner
-    max_streams_per_owner: int = Field(default=20, ge=1)  # open SSE streams
+    max_streams_per_owner: int = Field(default=400, ge=1)  # open SSE streams (one per file)
     max_header_bytes: int = Field(default=32 * 1024, ge=1024)  # all request headers
     max_headers: int = Field(default=64, ge=8)  # header fields per request
     # A connection that has not sent a whole request head this long after connecting

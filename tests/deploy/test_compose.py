@@ -22,7 +22,7 @@ from PIL import Image
 
 from tests.deploy.client import DeploymentClient
 from tests.deploy.conftest import EDGE, STORAGE, Deployment, report
-from tests.support import make_jpeg
+from tests.support import make_jpeg, mp4_like
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -37,12 +37,6 @@ def png() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), "red").save(buf, "PNG")
     return buf.getvalue()
-
-
-def mp4_like(size: int) -> bytes:
-    """An ISO-BMFF header (what sniffing looks for) followed by incompressible bytes."""
-    header = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41"
-    return header + os.urandom(size - len(header))
 
 
 # (bytes, declared type, expected final status): the mix every batch sends.
