@@ -56,6 +56,8 @@ def base_settings() -> Settings:
         retry_delays_ms=(200, 500),
         max_attempts=3,
         drain_timeout_seconds=5,
+        # A killed worker's claim is taken over this soon (and live ones renew thrice).
+        work_lease_seconds=3,
         scanner_metrics_port=None,
         processor_metrics_port=None,
     )
