@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import logging
 import multiprocessing
+import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -34,6 +35,7 @@ from services.processor.imaging import (
     Rejection,
     analyse_image,
 )
+from services.processor.lifeline import die_with
 from shared.amqp.consumer import Delivery, Handler, OnDeadLetter, Reject, Retry
 from shared.events import (
     AnyEvent,
@@ -321,8 +323,12 @@ def _analyse_image_job(
 
 def process_pool(workers: int) -> ProcessPoolExecutor:
     # forkserver: never fork the event loop's process with its threads and sockets.
+    # `die_with`: no pool process outlives this one, however it ends (see lifeline).
     return ProcessPoolExecutor(
-        max_workers=workers, mp_context=multiprocessing.get_context("forkserver")
+        max_workers=workers,
+        mp_context=multiprocessing.get_context("forkserver"),
+        initializer=die_with,
+        initargs=(os.getpid(),),
     )
 
 
