@@ -210,6 +210,9 @@ class WorkLedger:
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._wait_limit = wait_limit
         self._active: set[uuid.UUID] = set()
+        # Claims this process holds, set when they end: a duplicate delivered to this
+        # very process (the usual case) goes on at once instead of at its next poll.
+        self._ended: dict[tuple[str, ObjectVersion], asyncio.Event] = {}
 
     async def once(self, stage: str, version: ObjectVersion, work: Work) -> Outcome:
         """Run `work` for (`stage`, `version`) unless it is done or being done; see the module.
@@ -232,23 +235,34 @@ class WorkLedger:
                 return Outcome(state.events, duplicate=True)
             if loop.time() + pause > deadline:
                 raise Retry(f"{stage} of {version} is still held by {state.holder}")
-            await asyncio.sleep(pause)
+            ended = self._ended.get((stage, version))
+            if ended is None:
+                await asyncio.sleep(pause)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(ended.wait(), pause)
             pause = min(pause * 2, POLL_MAX_S)
 
         self._active.add(claim_id)
+        ended = self._ended.setdefault((stage, version), asyncio.Event())
         try:
-            events = await work()
-        except BaseException:
-            self._active.discard(claim_id)
-            await self._release(stage, version, claim_id)
-            raise
-        try:
-            recorded = await self._transient_retried(
-                lambda: self._finish(stage, version, claim_id, events),
-                f"recording {stage} of {version}",
-            )
+            try:
+                events = await work()
+            except BaseException:
+                self._active.discard(claim_id)
+                await self._release(stage, version, claim_id)
+                raise
+            try:
+                recorded = await self._transient_retried(
+                    lambda: self._finish(stage, version, claim_id, events),
+                    f"recording {stage} of {version}",
+                )
+            finally:
+                self._active.discard(claim_id)
         finally:
-            self._active.discard(claim_id)
+            if self._ended.get((stage, version)) is ended:
+                del self._ended[(stage, version)]
+            ended.set()
         return Outcome(recorded, duplicate=False, rerun=state.runs > 1)
 
     async def renew(self) -> int:

@@ -90,6 +90,24 @@ async def test_concurrent_duplicates_do_the_work_once(pool: asyncpg.Pool) -> Non
     assert (row["runs"], row["finished"], row["done"]) == (1, 1, True)
 
 
+async def test_a_duplicate_in_the_holders_own_process_goes_on_as_soon_as_it_is_done(
+    pool: asyncpg.Pool,
+) -> None:
+    ledger = WorkLedger(pool, lease_seconds=5)
+    v = version()
+    work = CountingWork(v, seconds=1.0)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    first = asyncio.create_task(ledger.once(STAGE, v, work))
+    await asyncio.sleep(0.05)
+    duplicate = await ledger.once(STAGE, v, work)
+    # Polling alone would look again only at ~1.5 s (0.1, 0.2, 0.4, 0.8 s apart).
+    assert loop.time() - started < 1.35
+    assert duplicate.duplicate
+    assert not (await first).duplicate
+    assert work.runs == 1
+
+
 async def test_a_crashed_holders_claim_is_taken_over_when_its_lease_runs_out(
     pool: asyncpg.Pool,
 ) -> None:
