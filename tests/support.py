@@ -16,6 +16,9 @@ from PIL import Image
 
 from shared.status import FINAL
 
+# The antivirus test file: every scanner reports it, nothing else about it is harmful.
+EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+
 
 def make_jpeg(width: int = 640, height: int = 480, *, exif: Image.Exif | None = None) -> bytes:
     """A real JPEG with some structure, so it is not trivially compressible."""

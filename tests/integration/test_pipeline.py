@@ -27,11 +27,9 @@ from shared.events import ObjectCreated
 from shared.keys import quarantine_key
 from shared.pipeline import scanner_queue
 from shared.settings import Settings
-from tests.support import Uploads, eventually, make_jpeg, make_zip, patch_directory
+from tests.support import EICAR, Uploads, eventually, make_jpeg, make_zip, patch_directory
 
 pytestmark = pytest.mark.integration
-
-EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
 
 @pytest.fixture
