@@ -256,11 +256,10 @@ async def test_a_duplicate_notification_is_scanned_and_processed_once(
         timeout=20,
         what="two duplicate deliveries at the processor",
     )
+    # (The counters also see other modules' late work: `>=`; the ledger below is exact.)
     assert (
-        _sample("clearance_scan_duplicates_total") == before["clearance_scan_duplicates_total"] + 2
+        _sample("clearance_scan_duplicates_total") >= before["clearance_scan_duplicates_total"] + 2
     )
-    assert _sample("clearance_scans_total") == before["clearance_scans_total"]
-    assert _sample("clearance_processings_total") == before["clearance_processings_total"]
     after = (await s3.head_object(Bucket=settings.bucket, Key=thumb_key))["LastModified"]
     assert after == written  # thumbnails written once
     pool = gateway_app[POOL]
@@ -285,7 +284,6 @@ async def test_landings_reported_twice_at_once_are_scanned_and_processed_once_ea
 ) -> None:
     # What every upload sees in production: the relay's notification and the client's
     # `complete` both report the landing, at about the same time.
-    before = {name: _sample(name) for name in WORK_COUNTERS}
     s3 = gateway_app[S3]
     publisher = gateway_app[PUBLISHER]
     files = [make_jpeg(320 + i, 240) for i in range(4)] + [EICAR]
@@ -304,8 +302,17 @@ async def test_landings_reported_twice_at_once_are_scanned_and_processed_once_ea
         await asyncio.gather(publisher.publish(relayed), uploads.complete(upload["id"]))
     records = [await uploads.wait_final(upload["id"]) for upload in created]
     assert [r["status"] for r in records] == ["ready"] * 4 + ["infected"]
-    assert _sample("clearance_scans_total") == before["clearance_scans_total"] + 5
-    assert _sample("clearance_processings_total") == before["clearance_processings_total"] + 4
+    # The workers' counters count other modules' late work too; the ledger is exact.
+    claims = await gateway_app[POOL].fetch(
+        "SELECT key, stage, runs, cardinality(finished) AS finished FROM work_claims"
+        " WHERE key = ANY($1::text[])",
+        [upload["key"] for upload in created],
+    )
+    done = {(c["key"], c["stage"]): (c["runs"], c["finished"]) for c in claims}
+    for upload, record in zip(created, records, strict=True):
+        assert done[(upload["key"], "scan")] == (1, 1)
+        if record["status"] == "ready":
+            assert done[(upload["key"], "processing")] == (1, 1)
     for record in records:
         statuses = [e["status"] for e in record["timeline"]]
         assert len(statuses) == len(set(statuses)), statuses
