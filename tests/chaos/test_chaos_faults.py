@@ -14,6 +14,7 @@ from itertools import count
 
 import aio_pika
 import pytest
+from aiohttp import ClientSession
 
 from devstack.processes import session_members
 from shared.pipeline import all_queues
@@ -113,12 +114,38 @@ async def test_stack_up_on_the_running_stack_restarts_nothing(
     )
 
 
+async def worker_counters(http: ClientSession, stack: ChaosStack) -> dict[str, float]:
+    """The work counters the scanner and the processor expose on their metrics ports."""
+    found: dict[str, float] = {}
+    for port in (stack.settings.scanner_metrics_port, stack.settings.processor_metrics_port):
+        async with http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+            text = await resp.text()
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in WORK_COUNTERS:
+                found[name] = float(value)
+    return found
+
+
+WORK_COUNTERS = (
+    "clearance_scans_total",
+    "clearance_scan_duplicates_total",
+    "clearance_processings_total",
+    "clearance_processing_duplicates_total",
+)
+
+
 async def test_no_fault(
-    chaos_stack: ChaosStack, client: Client, observer: Observer, report: Report
+    chaos_stack: ChaosStack,
+    client: Client,
+    observer: Observer,
+    report: Report,
+    http: ClientSession,
 ) -> None:
     async def nothing(uploads: list[Upload], tasks: list[asyncio.Task[None]]) -> None:
         return None
 
+    before = await worker_counters(http, chaos_stack)
     # The relay's notification and the client's `complete` both report every landing.
     await run_fault(
         "none (relay and `complete` both report each landing)",
@@ -126,6 +153,18 @@ async def test_no_fault(
         observer=observer,
         report=report,
         fault=nothing,
+    )
+    after = await worker_counters(http, chaos_stack)
+    delta = {name: int(after[name] - before.get(name, 0)) for name in WORK_COUNTERS}
+    # Counted by the live worker processes themselves (no fault: none was restarted).
+    assert delta["clearance_scans_total"] == UPLOADS
+    assert delta["clearance_processings_total"] == UPLOADS - INFECTED
+    report.facts.append(
+        f"No fault, from the workers' own counters: {delta['clearance_scans_total']} scans and "
+        f"{delta['clearance_processings_total']} processings for {UPLOADS} uploads; "
+        f"{delta['clearance_scan_duplicates_total']} duplicate deliveries at the scanner "
+        f"and {delta['clearance_processing_duplicates_total']} at the processor answered "
+        "from the ledger."
     )
 
 
