@@ -246,20 +246,17 @@ class WorkLedger:
         self._active.add(claim_id)
         ended = self._ended.setdefault((stage, version), asyncio.Event())
         try:
-            try:
-                events = await work()
-            except BaseException:
-                self._active.discard(claim_id)
-                await self._release(stage, version, claim_id)
-                raise
-            try:
-                recorded = await self._transient_retried(
-                    lambda: self._finish(stage, version, claim_id, events),
-                    f"recording {stage} of {version}",
-                )
-            finally:
-                self._active.discard(claim_id)
+            events = await work()
+        except BaseException:
+            await self._release(stage, version, claim_id)
+            raise
+        else:
+            recorded = await self._transient_retried(
+                lambda: self._finish(stage, version, claim_id, events),
+                f"recording {stage} of {version}",
+            )
         finally:
+            self._active.discard(claim_id)
             if self._ended.get((stage, version)) is ended:
                 del self._ended[(stage, version)]
             ended.set()
