@@ -4,8 +4,9 @@ Measured with a `ProcessPoolExecutor` (forkserver and spawn alike): when the par
 is SIGKILLed, its pool workers block on their call queue forever (each holds a
 writer of that queue itself, so it never sees EOF), the forkserver lives on because
 every worker holds its "alive" pipe, and the resource tracker lives on because they
-all hold its pipe: four processes, ~60 MB, per kill. Ending the workers ends the
-rest: the forkserver and the tracker exit once the last holder of their pipes is gone.
+all hold its pipe: with two workers, four processes (~160 MiB with the image
+libraries loaded) per kill. Ending the workers ends the rest: the forkserver and the
+tracker exit once the last holder of their pipes is gone (measured for both contexts).
 
 `die_with(pid)` is the pool initializer that ends a worker when `pid` (the
 processor) ends:
