@@ -17,12 +17,11 @@ import pytest
 from aiohttp import ClientSession
 
 from devstack.layout import StackLayout
-from shared.amqp.topology import dlq_name, retry_queue_name
 from shared.db import migrate
-from shared.pipeline import all_queues
 from shared.settings import Settings
 from tests.chaos.harness import CHAOS_DB, PORTS, ChaosStack, Client, Links, Observer, Report
 from tests.proxy import LinkProxy
+from tests.support import delete_queues
 
 REPORT_ENV = "CLEARANCE_CHAOS_REPORT"
 
@@ -109,18 +108,6 @@ async def chaos_database(base_settings: Settings, direct_dsn: str) -> str:
     return direct_dsn
 
 
-async def _delete_queues(settings: Settings, amqp_url: str) -> None:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        for spec in all_queues(settings):
-            names = [spec.name, dlq_name(spec.name)]
-            names += [retry_queue_name(spec.name, ms) for ms in set(settings.retry_delays_ms)]
-            for name in names:
-                await channel.queue_delete(name)
-        await channel.exchange_delete(settings.amqp_exchange)
-
-
 @pytest.fixture(scope="session")
 async def chaos_stack(
     chaos_settings: Settings, chaos_database: str, base_settings: Settings, report: Report
@@ -132,14 +119,14 @@ async def chaos_stack(
     await connection.close()
     conn = await asyncpg.connect(chaos_settings.database_url, timeout=10)
     await conn.close()
-    await _delete_queues(chaos_settings, base_settings.amqp_url)
+    await delete_queues(chaos_settings, amqp_url=base_settings.amqp_url, exchange=True)
     stack = ChaosStack(chaos_settings, StackLayout.from_settings(chaos_settings))
     try:
         await stack.up()
         yield stack
     finally:
         await stack.down()
-        await _delete_queues(chaos_settings, base_settings.amqp_url)
+        await delete_queues(chaos_settings, amqp_url=base_settings.amqp_url, exchange=True)
 
 
 @pytest.fixture(scope="session")

@@ -16,11 +16,9 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
-import aio_pika
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
@@ -28,9 +26,8 @@ from schemathesis.core.failures import Failure, FailureGroup
 
 from devstack.apps import clearance_script, settings_environment
 from services.gateway.auth import mint_token
-from shared.amqp.topology import dlq_name, retry_queue_name
-from shared.pipeline import all_queues
 from shared.settings import Settings
+from tests.support import delete_queues
 
 pytestmark = pytest.mark.integration
 
@@ -111,17 +108,9 @@ def live_gateway(
 
 
 @pytest.fixture(scope="module")
-async def fuzz_queues_removed(fuzz_settings: Settings) -> Any:
+async def fuzz_queues_removed(fuzz_settings: Settings) -> AsyncIterator[None]:
     yield
-    connection = await aio_pika.connect(fuzz_settings.amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        for spec in all_queues(fuzz_settings):
-            names = [spec.name, dlq_name(spec.name)]
-            names += [retry_queue_name(spec.name, ms) for ms in set(fuzz_settings.retry_delays_ms)]
-            for name in names:
-                await channel.queue_delete(name)
-        await channel.exchange_delete(fuzz_settings.amqp_exchange)
+    await delete_queues(fuzz_settings, exchange=True)
 
 
 @pytest.fixture(scope="module")
