@@ -170,9 +170,16 @@ async def openapi_view(request: web.Request) -> web.Response:
 
 
 def create_app(
-    settings: Settings, *, with_broker: bool = True, with_reconciler: bool = True
+    settings: Settings,
+    *,
+    with_broker: bool = True,
+    with_recorder: bool = True,
+    with_reconciler: bool = True,
 ) -> web.Application:
-    """Build the gateway. Resources open on start-up and close on clean-up, in order."""
+    """Build the gateway. Resources open on start-up and close on clean-up, in order.
+
+    With several gateway processes, one runs the recorder and the reconciler.
+    """
     metrics = GatewayMetrics()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -205,7 +212,7 @@ def create_app(
     if with_broker:
         app.cleanup_ctx.append(broker_context)
     app.cleanup_ctx.append(_uploads)
-    if with_broker:
+    if with_broker and with_recorder:
         app.cleanup_ctx.append(recorder_context)
     if with_reconciler:
         app.cleanup_ctx.append(reconciler_context)
