@@ -2,7 +2,7 @@
 
 `transition()` is the single place where an upload changes status: it locks the row,
 applies the state machine, appends a timeline entry keyed by the causing event's id
-(a duplicate is a no-op) and NOTIFYs listeners (SSE) in the same transaction.
+(a duplicate is a no-op) and NOTIFYs listeners (SSE), all in one statement.
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ class Upload:
         )
 
     @classmethod
-    def from_row(cls, row: asyncpg.Record) -> Upload:
+    def from_row(cls, row: asyncpg.Record | dict[str, Any]) -> Upload:
         values = dict(row)
         values["status"] = Status(values["status"])
         return cls(**values)
@@ -365,32 +365,49 @@ def _entry(row: asyncpg.Record) -> TimelineEntry:
     )
 
 
-async def _append(
-    conn: Conn,
-    upload_id: uuid.UUID,
-    status: Status,
-    event_id: str,
-    actor: str,
-    detail: dict[str, Any],
-) -> TimelineEntry:
-    row = await conn.fetchrow(
-        "INSERT INTO upload_events (upload_id, status, event_id, actor, detail)"
-        " VALUES ($1, $2, $3, $4, $5) RETURNING seq, upload_id, status, actor, detail, at",
-        upload_id,
-        status.value,
-        event_id,
-        actor,
-        detail,
-    )
-    assert row is not None
-    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{upload_id}:{row['seq']}")
-    return _entry(row)
-
-
 @dataclass(frozen=True, slots=True)
 class TransitionResult:
     upload: Upload
     entry: TimelineEntry | None  # None when nothing changed (duplicate, late or backward)
+
+
+# A move in one statement: the UPDATE takes the row lock and (re)checks, after any
+# wait, that the current status may move to the target; the entry and its NOTIFY
+# follow from the moved row. {sets} are fixed column fragments; $3 lists the statuses
+# the state machine allows the move from.
+_MOVE = """
+WITH moved AS (
+    UPDATE uploads SET status = $2, updated_at = now(){sets}
+    WHERE id = $1 AND status = ANY($3::text[])
+    RETURNING {columns}
+),
+entry AS (
+    INSERT INTO upload_events (upload_id, status, event_id, actor, detail)
+    SELECT id, status, $4::text, $5::text, $6::jsonb FROM moved
+    RETURNING seq, at
+),
+notify AS (
+    SELECT pg_notify('{channel}', $1::text || ':' || seq::text) FROM entry
+)
+SELECT m.*, e.seq AS entry_seq, e.at AS entry_at, (SELECT count(*) FROM notify) AS notified
+FROM moved AS m, entry AS e
+"""
+_UPLOAD_FIELDS = tuple(c.strip() for c in _COLUMNS.split(","))
+_ALLOWED_COLUMNS = frozenset(
+    {
+        "detected",
+        "thumbnails",
+        "reason",
+        "multipart_upload_id",
+        "expires_at",
+        "size",  # uploads that declared none (Uppy's POST policy) get the landed size
+    }
+)
+
+
+def _moves_from(to: Status) -> list[str]:
+    """The statuses the state machine allows a move to `to` from."""
+    return [s.value for s in Status if can_transition(s, to)]
 
 
 async def transition(
@@ -406,40 +423,32 @@ async def transition(
     """Move an upload forward if the state machine allows it; None if it doesn't exist.
 
     `updates` sets extra columns (e.g. detected, thumbnails, reason) with the move.
+    One statement (row lock, state check, update, timeline entry, NOTIFY) when the
+    move happens; a second one reads the upload as it stands when it doesn't.
     """
-    allowed_columns = {
-        "detected",
-        "thumbnails",
-        "reason",
-        "multipart_upload_id",
-        "expires_at",
-        "size",  # uploads that declared none (Uppy's POST policy) get the landed size
-    }
     updates = updates or {}
-    if not set(updates) <= allowed_columns:
-        raise ValueError(f"cannot update {set(updates) - allowed_columns}")
-    async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM uploads WHERE id = $1 FOR UPDATE",  # noqa: S608
-            upload_id,
-        )
-        if row is None:
-            return None
-        upload = Upload.from_row(row)
-        if not can_transition(upload.status, to):
-            return TransitionResult(upload, None)
-        sets = ["status = $2", "updated_at = now()"]
-        args: list[Any] = [upload_id, to.value]
-        for column, value in updates.items():
-            args.append(value)
-            sets.append(f"{column} = ${len(args)}")
-        row = await conn.fetchrow(
-            f"UPDATE uploads SET {', '.join(sets)} WHERE id = $1 RETURNING {_COLUMNS}",  # noqa: S608
-            *args,
-        )
-        assert row is not None
-        entry = await _append(conn, upload_id, to, event_id, actor, detail or {})
-        return TransitionResult(Upload.from_row(row), entry)
+    if not set(updates) <= _ALLOWED_COLUMNS:
+        raise ValueError(f"cannot update {set(updates) - _ALLOWED_COLUMNS}")
+    args: list[Any] = [upload_id, to.value, _moves_from(to), event_id, actor, detail or {}]
+    sets = ""
+    for column, value in sorted(updates.items()):
+        args.append(value)
+        sets += f", {column} = ${len(args)}"
+    query = _MOVE.format(sets=sets, columns=_COLUMNS, channel=NOTIFY_CHANNEL)
+    row = await pool.fetchrow(query, *args)
+    if row is None:
+        current = await get_upload(pool, upload_id)
+        return None if current is None else TransitionResult(current, None)
+    upload = Upload.from_row({name: row[name] for name in _UPLOAD_FIELDS})
+    entry = TimelineEntry(
+        seq=row["entry_seq"],
+        upload_id=upload_id,
+        status=to,
+        actor=actor,
+        detail=detail or {},
+        at=row["entry_at"],
+    )
+    return TransitionResult(upload, entry)
 
 
 async def delete_upload(pool: asyncpg.Pool[Any], upload_id: uuid.UUID) -> None:
