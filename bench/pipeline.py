@@ -4,13 +4,14 @@ Run with the local stack up (`clearance stack up --infra-only`):
 
     .venv/bin/python bench/pipeline.py [--uploads 50] [--burst 200]
 
-It starts its own gateway, scanner and processor in this process (queues of their
-own, so a running stack is not disturbed), uploads N 2-megapixel JPEGs one after
-the other, and for each measures the time from "the PUT to storage returned" to
-"the SSE stream said ready", split into stages by the upload's timeline (land →
-uploaded → scanning → processing → ready → seen on the SSE stream). Goals on this
-2-core machine: p50 ≤ 150 ms, p99 ≤ 400 ms. Then a burst: `--burst` uploads at once,
-spread over 20 owners, reporting uploads/s and clamd scans per upload (1.0: each
+It starts its own storage (`weed mini` on ports of its own), gateway, scanner and
+processor in this process (a database, queues and exchange of this run's own, so
+neither a running stack nor another benchmark run is disturbed), uploads N 2-megapixel
+JPEGs one after the other, and for each measures the time from "the PUT to storage
+returned" to "the SSE stream said ready", split into stages by the upload's timeline
+(land → uploaded → scanning → processing → ready → seen on the SSE stream). Goals on
+this 2-core machine: p50 ≤ 150 ms, p99 ≤ 400 ms. Then a burst: `--burst` uploads at
+once, spread over 20 owners, reporting uploads/s and clamd scans per upload (1.0: each
 object scanned once, however many events announced it). Then `bench/thumbnails.py`
 (ours vs naive Pillow vs libvips) in the same run.
 """
@@ -22,30 +23,42 @@ import asyncio
 import io
 import itertools
 import runpy
+import shutil
 import statistics
 import sys
+import tempfile
 import time
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import asyncpg
-from aiohttp import ClientSession, TCPConnector, web
+from aiohttp import ClientOSError, ClientSession, ServerDisconnectedError, TCPConnector, web
 from PIL import Image
 
+from devstack.layout import StackLayout
+from devstack.seaweedfs import SeaweedComponent
 from services.gateway.app import create_app
 from services.gateway.auth import mint_token
 from services.processor.worker import build_processor, process_pool
 from services.scanner.clamd import ClamdClient, ScanResult
 from services.scanner.worker import build_scanner
 from shared.amqp.consumer import Consumer
+from shared.amqp.topology import dlq_name, retry_queue_name
 from shared.db import migrate
-from shared.pipeline import processor_queue, scanner_queue
+from shared.pipeline import all_queues, processor_queue, scanner_queue
 from shared.settings import Settings
 from shared.worker import worker_resources
 
 PORT = 18283
-BENCH_DB = "clearance_bench"
+WEED = {"s3": 18533, "master": 19533, "volume": 19540, "filer": 19088, "admin": 19846}
+# Names of this run's own: several people may run benchmarks on one machine, and a
+# fixed database (dropped WITH FORCE at start) or queue would break each other's runs.
+RUN_ID = uuid.uuid4().hex[:8]
+BENCH_DB = f"clearance_bench_{RUN_ID}"
+QUEUE_PREFIX = f"clearance.bench-pipeline-{RUN_ID}"
 STAGES = ("land → uploaded", "uploaded → scanning", "scanning → processing",
           "processing → ready", "ready → SSE")  # fmt: skip
 BURST_OWNERS = 20
@@ -57,6 +70,25 @@ class Sample:
     def __init__(self, total_ms: float, stages: dict[str, float]) -> None:
         self.total_ms = total_ms
         self.stages = stages
+
+
+async def forget(settings: Settings) -> None:
+    """Drop this run's database, queues and exchange."""
+    base = settings.database_url.rsplit("/", 1)[0]
+    admin = await asyncpg.connect(f"{base}/postgres")
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
+    finally:
+        await admin.close()
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for spec in all_queues(settings):
+            names = [spec.name, dlq_name(spec.name)]
+            names += [retry_queue_name(spec.name, ms) for ms in set(settings.retry_delays_ms)]
+            for name in names:
+                await channel.queue_delete(name)
+        await channel.exchange_delete(settings.amqp_exchange)
 
 
 def two_megapixel_jpeg(seed: int) -> bytes:
@@ -115,14 +147,26 @@ async def one_upload(
     ) as resp:
         assert resp.status == 202
     await asyncio.wait_for(follower, timeout=60)
-    async with http.get(f"{gateway}/v1/uploads/{upload_id}", headers=headers) as resp:
-        record: dict[str, Any] = await resp.json()
+    record = await get_record(http, f"{gateway}/v1/uploads/{upload_id}", headers)
     at = {e["status"]: datetime.fromisoformat(e["at"]).timestamp() for e in record["timeline"]}
     marks = [landed_at[0], at["uploaded"], at["scanning"], at["processing"], at["ready"]]
     marks.append(finished_at[0])
     pairs = itertools.pairwise(marks)
     stages = {name: (b - a) * 1000 for name, (a, b) in zip(STAGES, pairs, strict=True)}
     return Sample((finished_at[0] - landed_at[0]) * 1000, stages)
+
+
+async def get_record(http: ClientSession, url: str, headers: dict[str, str]) -> dict[str, Any]:
+    """The upload's record; a kept-alive connection the server just closed is retried."""
+    for attempt in range(3):
+        try:
+            async with http.get(url, headers=headers) as resp:
+                record: dict[str, Any] = await resp.json()
+                return record
+        except (ClientOSError, ServerDisconnectedError):
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 class ScanCounter:
@@ -168,17 +212,41 @@ async def burst(
     return count / elapsed, counter.scans / count, list(samples)
 
 
+def own_storage(settings: Settings, state: Path) -> SeaweedComponent:
+    """This run's own `weed mini` (ports of its own, data in `state`), bucket configured."""
+    layout = StackLayout(root=state)
+    layout.ensure()
+    return SeaweedComponent(settings, layout)
+
+
 async def run(
     count: int, burst_count: int
 ) -> tuple[list[Sample], tuple[float, float, list[Sample]] | None]:
+    state = Path(tempfile.mkdtemp(prefix="clearance-bench-pipe-"))
     base = Settings()
     settings = base.model_copy(
         update={
-            "queue_prefix": "clearance.bench",
-            "amqp_exchange": "clearance.bench.events",
+            "state_dir": state,
+            "queue_prefix": QUEUE_PREFIX,
+            "amqp_exchange": f"{QUEUE_PREFIX}.events",
             "gateway_port": PORT,
+            "s3_endpoint_url": f"http://127.0.0.1:{WEED['s3']}",
+            **{f"weed_{name}_port": port for name, port in WEED.items()},
+            "relay_port": PORT + 1,  # no relay here: the gateway's complete publishes
         }
     )
+    weed = own_storage(settings, state)
+    await asyncio.to_thread(weed.up)
+    try:
+        return await measure(settings, count, burst_count)
+    finally:
+        await asyncio.to_thread(weed.down)
+        shutil.rmtree(state, ignore_errors=True)
+
+
+async def measure(
+    settings: Settings, count: int, burst_count: int
+) -> tuple[list[Sample], tuple[float, float, list[Sample]] | None]:
     settings = settings.model_copy(update={"database_url": await fresh_database(settings)})
     app = create_app(settings, with_reconciler=False)
     runner = web.AppRunner(app, access_log=None)
@@ -215,6 +283,7 @@ async def run(
                     await consumer.drain(5)
     finally:
         await runner.cleanup()
+        await forget(settings)
     return latencies, burst_result
 
 
