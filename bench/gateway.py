@@ -247,9 +247,12 @@ ROUTES = [
         "/s3/multipart",
         {"filename": "film.mp4", "type": "video/mp4", "metadata": {}},
     ),
-    Route("sign part", "GET", "/s3/multipart/{upload_id}/1?key={key}"),
+    Route("sign part", "GET", "/s3/multipart/{upload_id}/1?key={key}", one_owner=True),
     Route(
-        "batch sign (5)", "GET", "/s3/multipart/{upload_id}/batch?key={key}&partNumbers=1,2,3,4,5"
+        "batch sign (5)",
+        "GET",
+        "/s3/multipart/{upload_id}/batch?key={key}&partNumbers=1,2,3,4,5",
+        one_owner=True,
     ),
     Route(
         "POST /v1/uploads single",
@@ -317,6 +320,16 @@ def wrk(url: str, route: Route, tokens: list[str], args: argparse.Namespace) -> 
         lines.append('  wrk.headers["Authorization"] = "Bearer " .. tokens[n]')
         lines.append("  return wrk.format()")
         lines.append("end")
+    # The first refusal of a run is shown: a run with any is invalid.
+    lines.append("shown = false")
+    lines.append("response = function(status, headers, body)")
+    lines.append("  if status > 299 and not shown then")
+    lines.append("    shown = true")
+    lines.append(
+        '    io.stderr:write("first refusal: " .. status .. " " .. body:sub(1, 300) .. "\\n")'
+    )
+    lines.append("  end")
+    lines.append("end")
     script.write_text("\n".join(lines) + "\n")
     done = subprocess.run(
         [
@@ -335,6 +348,8 @@ def wrk(url: str, route: Route, tokens: list[str], args: argparse.Namespace) -> 
         check=True,
         timeout=args.seconds + 30,
     )
+    if done.stderr.strip():
+        print(f"  {route.name} on {url.split('/')[2]}: {done.stderr.strip()[:400]}", flush=True)
     return done.stdout
 
 
@@ -364,8 +379,29 @@ def measure(
         backends = sorted(set(backends) | set(database_backends(settings)))
     spent = {pid: cpu_seconds(pid) - before.get(pid, 0.0) for pid in [*own, *backends, weed_pid]}
     rps, p50, p99, errors, total = parse_wrk(out)
+    if errors:
+        print(
+            f"  {route.name} on {target.name}: {errors} errors;"
+            f" one more: {sample(url, route, target)}"
+        )
     cpu = sum(spent[p] for p in own)
     return Run(rps, p50, p99, errors, cpu, sum(spent.values()), total)
+
+
+def sample(url: str, route: Route, target: Target) -> str:
+    """One request like the run's, to show what the errors were."""
+    headers = {"Authorization": f"Bearer {target.tokens[0]}"} if target.tokens else {}
+    data = None if route.body is None else json.dumps(route.body).encode()
+    req = urllib.request.Request(  # noqa: S310 - loopback
+        url, data=data, method=route.method, headers={"Content-Type": "application/json", **headers}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - loopback
+            return f"{resp.status}"
+    except urllib.error.HTTPError as exc:
+        return f"{exc.code} {exc.read()[:300]!r}"
+    except OSError as exc:
+        return repr(exc)
 
 
 # -- setting up -----------------------------------------------------------------------
@@ -405,7 +441,8 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, list[Run]]]:
     weed = SeaweedComponent(settings, layout)
     print("starting storage (own weed), database, gateways, Companion, floor …", flush=True)
     print(weed.up(), flush=True)
-    results: dict[str, dict[str, list[Run]]] = {r.name: {t: [] for t in r.targets} for r in ROUTES}
+    routes = [r for r in ROUTES if not args.only or args.only in r.name]
+    results: dict[str, dict[str, list[Run]]] = {r.name: {t: [] for t in r.targets} for r in routes}
     try:
         asyncio.run(fresh_database(settings))
         install_companion()
@@ -461,12 +498,12 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, list[Run]]]:
                 f"load {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
-            for route in ROUTES:  # warm-up: caches, pools, JIT
+            for route in routes:  # warm-up: caches, pools, JIT
                 for name in route.targets:
                     warm = argparse.Namespace(**{**vars(args), "seconds": 1})
                     measure(targets[name], route, settings, weed_pid, warm)
             for number in range(args.rounds):
-                for route in ROUTES:
+                for route in routes:
                     names = list(route.targets)
                     shift = number % len(names)
                     for name in names[shift:] + names[:shift]:
@@ -545,6 +582,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--owners", type=int, default=500, help="tokens (owners) used in turn")
+    parser.add_argument("--only", help="run the routes whose name contains this")
     parser.add_argument("--serve-floor", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_floor:
