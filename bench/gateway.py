@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import asyncpg
 
 from devstack.apps import settings_environment
@@ -52,14 +53,19 @@ from devstack.layout import StackLayout
 from devstack.processes import read_record
 from devstack.seaweedfs import SeaweedComponent
 from services.gateway.auth import mint_token
+from shared.amqp.topology import dlq_name, retry_queue_name
 from shared.db import migrate
+from shared.pipeline import all_queues
 from shared.settings import MiB, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 NODE_DIR = ROOT / "bench" / ".node"
 COMPANION = "@uppy/companion@6.2.2"
 EXPRESS = "express@4.21.2"
-BENCH_DB = "clearance_bench_gateway"
+# A database and queues of this run's own: another run (or engineer) is never disturbed.
+RUN_ID = uuid.uuid4().hex[:8]
+BENCH_DB = f"clearance_bench_gateway_{RUN_ID}"
+QUEUE_PREFIX = f"clearance.bench-gateway-{RUN_ID}"
 BUCKET = "clearance-bench-gateway"
 WEED = {"s3": 18433, "master": 19433, "volume": 19440, "filer": 18988, "admin": 19746}
 GATEWAY_PORTS = {1: 18435, 2: 18436}
@@ -75,8 +81,8 @@ def bench_settings(state_dir: Path) -> Settings:
             "environment": "test",
             "state_dir": state_dir,
             "database_url": f"{base.database_url.rsplit('/', 1)[0]}/{BENCH_DB}",
-            "queue_prefix": "clearance.bench-gateway",
-            "amqp_exchange": "clearance.bench-gateway.events",
+            "queue_prefix": QUEUE_PREFIX,
+            "amqp_exchange": f"{QUEUE_PREFIX}.events",
             "bucket": BUCKET,
             "s3_endpoint_url": f"http://127.0.0.1:{WEED['s3']}",
             "weed_s3_port": WEED["s3"],
@@ -161,12 +167,22 @@ async def fresh_database(settings: Settings) -> None:
     await migrate(settings.database_url)
 
 
-async def drop_database(settings: Settings) -> None:
+async def forget(settings: Settings) -> None:
+    """Drop this run's database, queues and exchange."""
     admin = await asyncpg.connect(f"{settings.database_url.rsplit('/', 1)[0]}/postgres")
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
     finally:
         await admin.close()
+    connection = await aio_pika.connect(settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for spec in all_queues(settings):
+            names = [spec.name, dlq_name(spec.name)]
+            names += [retry_queue_name(spec.name, ms) for ms in set(settings.retry_delays_ms)]
+            for name in names:
+                await channel.queue_delete(name)
+        await channel.exchange_delete(settings.amqp_exchange)
 
 
 def database_backends(settings: Settings) -> list[int]:
@@ -337,7 +353,7 @@ def wrk(url: str, route: Route, tokens: list[str], args: argparse.Namespace) -> 
             "-t1",
             f"-c{args.connections}",
             f"-d{args.seconds}s",
-            "--timeout=5s",
+            "--timeout=15s",
             "--latency",
             "-s",
             str(script),
@@ -512,7 +528,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, list[Run]]]:
                 print(f"  round {number + 1} done", flush=True)
     finally:
         print(weed.down(), flush=True)
-        asyncio.run(drop_database(settings))
+        asyncio.run(forget(settings))
         shutil.rmtree(state, ignore_errors=True)
     return results
 
