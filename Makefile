@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test lint typecheck check bench stop status ci
+.PHONY: setup run test chaos lint typecheck check bench stop status ci
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,6 +33,11 @@ status: setup
 test: setup
 	$(BIN)/clearance stack up --infra-only
 	$(BIN)/pytest
+
+## chaos: the fault-injection suite alone (also part of `make test`); rewrites docs/reliability.md
+chaos: setup
+	$(BIN)/clearance stack up --infra-only
+	CLEARANCE_CHAOS_REPORT=docs/reliability.md $(BIN)/pytest tests/chaos
 
 lint: setup
 	$(BIN)/ruff check .

@@ -181,6 +181,11 @@ class Settings(BaseSettings):
     processor_threads: int = Field(default=1, ge=1, le=8)
     processor_metrics_port: Port | None = 18092
 
+    # Workers: each object version is scanned once and processed once (shared.ledger).
+    # A crashed worker's claim is taken over once its lease runs out; the holder renews
+    # it every third of this while it works.
+    work_lease_seconds: float = Field(default=10.0, gt=0, le=3600)
+
     # Reconciler
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
     stuck_after_seconds: float = Field(default=300.0, gt=0)
