@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # Extra pytest arguments for the main suite, e.g. PYTEST_ARGS='-k multipart'.
 PYTEST_ARGS ?=
 
-.PHONY: setup packages run test test-main test-deploy lint typecheck check bench stop status ci
+.PHONY: setup packages run test test-main test-deploy chaos lint typecheck check bench stop status ci
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -50,6 +50,11 @@ test-deploy: setup
 	elif [ -n "$$CLEARANCE_REQUIRE_DEPLOY_TESTS" ]; then echo "make test-deploy: $$why" >&2; exit 1; \
 	else echo "make test-deploy: SKIPPED, $$why"; \
 	  echo "  (as root: deploy/debian-packages.sh deploy && make test-deploy)"; fi
+
+## chaos: the fault-injection suite alone (also part of `make test`); rewrites docs/reliability.md
+chaos: setup
+	$(BIN)/clearance stack up --infra-only
+	CLEARANCE_CHAOS_REPORT=docs/reliability.md $(BIN)/pytest tests/chaos
 
 lint: setup
 	$(BIN)/ruff check .

@@ -16,6 +16,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
@@ -47,10 +48,23 @@ def clearance_script() -> Path:
     return Path(found) if found else beside
 
 
+def _sorted_set(value: object) -> list[Any]:
+    """JSON for a set: sorted, so equal settings give equal text whatever the hash seed."""
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def settings_environment(settings: Settings) -> dict[str, str]:
-    """`settings` as CLEARANCE_* variables, so a child parses exactly the same values."""
+    """`settings` as CLEARANCE_* variables, so a child parses exactly the same values.
+
+    The same settings always give the same variables (`stack up` compares them to tell
+    whether a running service must restart): sets, e.g. a profile's content types,
+    are written sorted, never in their hash-seed-dependent iteration order.
+    """
     env: dict[str, str] = {}
     dumped = settings.model_dump(mode="json")
+    native = settings.model_dump(mode="python")
     for name in type(settings).model_fields:
         value = getattr(settings, name)
         key = f"CLEARANCE_{name.upper()}"
@@ -69,7 +83,7 @@ def settings_environment(settings: Settings) -> dict[str, str]:
             env[key] = dumped[name]
         else:
             # Numbers, booleans, tuples and mappings: pydantic-settings reads JSON.
-            env[key] = json.dumps(dumped[name])
+            env[key] = json.dumps(native[name], default=_sorted_set)
     return env
 
 

@@ -7,6 +7,7 @@ still match /proc, so a recycled pid is never signalled.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -75,15 +76,43 @@ def write_record(path: Path, record: PidRecord) -> None:
     tmp.replace(path)
 
 
-def _proc_stat(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks) of a pid, or None if it does not exist."""
+def _stat_fields(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from field 3 (state) on, or None if the pid does not exist."""
     try:
         raw = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # comm (field 2) may contain spaces and parentheses: split after the last ')'.
-    fields = raw[raw.rfind(")") + 2 :].split()
-    return fields[0], int(fields[19])
+    return raw[raw.rfind(")") + 2 :].split()
+
+
+def _proc_stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) of a pid, or None if it does not exist."""
+    fields = _stat_fields(pid)
+    return None if fields is None else (fields[0], int(fields[19]))
+
+
+def session_members(record: PidRecord) -> list[int]:
+    """Live processes of the session the recorded process leads, itself included.
+
+    A service leads its own session (`spawn_detached`), and whatever it starts stays
+    in it unless it asks otherwise, also after the leader died. A session id is not
+    handed to a new process while the session has members, so once the leader's pid
+    belongs to another process, nothing found here could be ours: then none is listed.
+    """
+    leader = _proc_stat(record.pid)
+    if leader is not None and leader[1] != record.start_ticks:
+        return []  # the pid was recycled
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _stat_fields(int(entry.name))
+        if fields is None or fields[0] in ("Z", "X"):
+            continue
+        if int(fields[3]) == record.pid and int(fields[19]) >= record.start_ticks:
+            members.append(int(entry.name))
+    return sorted(members)
 
 
 def _cmdline(pid: int) -> tuple[str, ...]:
@@ -214,18 +243,38 @@ def spawn_detached(
 
 
 def terminate(record: PidRecord, timeout: float) -> str:
-    """SIGTERM the recorded process group, SIGKILL it after `timeout`; say what happened."""
+    """SIGTERM the recorded process group, SIGKILL it after `timeout`; say what happened.
+
+    Processes left in its session once it is gone (helpers of a leader that was
+    killed, or that did not pass SIGTERM on) are SIGKILLed too.
+    """
     if not is_ours(record):
-        return "not running"
+        left = _kill_session(record)
+        return f"not running; killed {left} process(es) it left" if left else "not running"
     started = time.monotonic()
     _signal_group(record.pid, signal.SIGTERM)
     if wait_until(lambda: not is_ours(record), timeout):
         reap(record.pid)
-        return f"stopped in {time.monotonic() - started:.1f} s"
-    _signal_group(record.pid, signal.SIGKILL)
-    wait_until(lambda: not is_ours(record), 5.0)
-    reap(record.pid)
-    return f"killed after {timeout:.0f} s without exiting on SIGTERM"
+        outcome = f"stopped in {time.monotonic() - started:.1f} s"
+    else:
+        _signal_group(record.pid, signal.SIGKILL)
+        wait_until(lambda: not is_ours(record), 5.0)
+        reap(record.pid)
+        outcome = f"killed after {timeout:.0f} s without exiting on SIGTERM"
+    left = _kill_session(record)
+    return f"{outcome}; killed {left} process(es) it left" if left else outcome
+
+
+def _kill_session(record: PidRecord) -> int:
+    """SIGKILL what is left of the recorded process's session; return how many."""
+    members = session_members(record)
+    for pid in members:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: not session_members(record), 5.0)
+    for pid in members:
+        reap(pid)
+    return len(members)
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

@@ -20,6 +20,8 @@ NAME = "rabbitmq"
 # A cold broker takes ~10 s to open its listener; slow machines need more.
 START_TIMEOUT_S = 90.0
 INSTALL_HINT = "apt-get install -y rabbitmq-server"
+# Where a node started with `rabbitmq-server -detached` and no config listens.
+LOCAL_NODE_PORT = 5672
 
 
 def _tool(name: str) -> str | None:
@@ -59,6 +61,14 @@ class RabbitComponent:
             raise StackError(
                 f"RabbitMQ at {probe.address} does not answer and is not on this machine: "
                 "start it there or fix CLEARANCE_AMQP_URL"
+            )
+        if probe.port != LOCAL_NODE_PORT:
+            # A node started here listens on 5672, so it could never answer there; and the
+            # usual cause is a proxy or tunnel that is down, not a stopped broker.
+            raise StackError(
+                f"RabbitMQ does not answer on {probe.address}; `stack up` starts a local "
+                f"node only for port {LOCAL_NODE_PORT}: start what should listen there, "
+                "or fix CLEARANCE_AMQP_URL"
             )
         server = _tool("rabbitmq-server")
         if server is None:

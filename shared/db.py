@@ -2,7 +2,8 @@
 
 Migrations are plain SQL pairs (up, down) in `shared.migrations`; `migrate()` applies
 them in order under an advisory lock, so concurrent starts are safe and re-running is
-a no-op. Only the gateway writes uploads; other services never open the database.
+a no-op. Only the gateway writes uploads; the scanner and the processor write only
+their work ledger (`shared.ledger`), and the relay never opens the database.
 """
 
 from __future__ import annotations

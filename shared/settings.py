@@ -341,6 +341,11 @@ class Settings(BaseSettings):
     media_max_seconds: float = Field(default=24 * 3600.0, gt=0)  # declared duration
     pdf_max_pages: int = Field(default=50_000, ge=1)
 
+    # Workers: each object version is scanned once and processed once (shared.ledger).
+    # A crashed worker's claim is taken over once its lease runs out; the holder renews
+    # it every third of this while it works.
+    work_lease_seconds: float = Field(default=10.0, gt=0, le=3600)
+
     # Reconciler
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)
     stuck_after_seconds: float = Field(default=300.0, gt=0)

@@ -1,4 +1,5 @@
-"""The runtime both pipeline workers share: broker, storage, one consumer, metrics, SIGTERM.
+"""The runtime both pipeline workers share: broker, storage, work ledger, one consumer,
+metrics, SIGTERM.
 
 A worker is a handler factory: given the open resources it returns the handler
 and the dead-letter callback. This module owns their lifetimes: everything is
@@ -23,6 +24,7 @@ from shared.amqp.publisher import Publisher
 from shared.amqp.topology import QueueSpec
 from shared.events import UploadFailed, failed_id
 from shared.keys import upload_id_from_key
+from shared.ledger import WorkLedger, open_ledger
 from shared.pipeline import all_queues
 from shared.s3 import s3_client
 from shared.settings import Settings
@@ -35,6 +37,7 @@ class WorkerResources:
     settings: Settings
     s3: Any  # aiobotocore S3 client
     publisher: Publisher
+    ledger: WorkLedger
 
 
 HandlerFactory = Callable[[WorkerResources], Awaitable[tuple[Handler, OnDeadLetter]]]
@@ -70,12 +73,13 @@ def ensure_upload_object(settings: Settings, bucket: str, key: str, upload_id: u
 async def worker_resources(
     settings: Settings, name: str
 ) -> AsyncIterator[tuple[Any, WorkerResources]]:
-    """Broker connection (topology declared), confirming publisher and S3 client."""
+    """Broker connection (topology declared), confirming publisher, S3 client, work ledger."""
     async with (
         open_broker(settings, name, all_queues(settings)) as broker,
         s3_client(settings) as s3,
+        open_ledger(settings) as ledger,
     ):
-        yield broker.connection, WorkerResources(settings, s3, broker.publisher)
+        yield broker.connection, WorkerResources(settings, s3, broker.publisher, ledger)
 
 
 async def serve(

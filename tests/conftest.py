@@ -12,7 +12,6 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 
-import aio_pika
 import asyncpg
 import pytest
 from aiohttp import ClientSession, web
@@ -20,13 +19,11 @@ from aiohttp.test_utils import TestServer
 
 from services.gateway.app import create_app
 from services.gateway.auth import mint_token
-from shared.amqp.topology import dlq_name, retry_queue_name
 from shared.bucket import configure_bucket
 from shared.db import migrate
-from shared.pipeline import all_queues
 from shared.settings import Settings, WebhookEndpoint
 from tests.receiver import WebhookReceiver
-from tests.support import make_jpeg, pipeline_workers
+from tests.support import delete_queues, make_jpeg, pipeline_workers
 
 TEST_DB = os.environ.get("CLEARANCE_TEST_DATABASE", "clearance_test")
 # The suite's webhook endpoint signs with this (whsec_ + base64 of 32 bytes).
@@ -57,6 +54,8 @@ def base_settings() -> Settings:
         retry_delays_ms=(200, 500),
         max_attempts=3,
         drain_timeout_seconds=5,
+        # A killed worker's claim is taken over this soon (and live ones renew thrice).
+        work_lease_seconds=3,
         scanner_metrics_port=None,
         processor_metrics_port=None,
     )
@@ -129,14 +128,7 @@ def stack_up(settings: Settings) -> None:
 @pytest.fixture(scope="session")
 async def fresh_queues(settings: Settings) -> None:
     """The suite's queues start empty: nothing left over from an earlier run."""
-    connection = await aio_pika.connect(settings.amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        for spec in all_queues(settings):
-            names = [spec.name, dlq_name(spec.name)]
-            names += [retry_queue_name(spec.name, ms) for ms in set(settings.retry_delays_ms)]
-            for name in names:
-                await channel.queue_delete(name)
+    await delete_queues(settings)
 
 
 @pytest.fixture(scope="session")

@@ -26,6 +26,17 @@ class LinkProxy(TCPProxy):
         self._flowing = asyncio.Event()
         self._flowing.set()
 
+    async def _handle_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await super()._handle_client(reader, writer)
+        for client in self.clients:
+            if client.client_writer is writer:
+                # A peer resetting its side is what these faults are for: aiomisc's pipe
+                # tasks end with that error, and nobody retrieves it (a warning at exit).
+                for task in client.tasks:
+                    task.add_done_callback(_retrieved)
+
     async def _gate(self, chunk: bytes) -> bytes:
         await self._flowing.wait()
         return chunk
@@ -58,3 +69,8 @@ class LinkProxy(TCPProxy):
     async def close(self, timeout: float | None = 10) -> None:  # noqa: ASYNC109
         self.release()
         await super().close(timeout=timeout)
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()

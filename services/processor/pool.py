@@ -10,7 +10,8 @@ process for the next job. The other slots never notice.
 
 Jobs are plain picklable functions and arguments (never lambdas); results and
 exceptions come back pickled. Processes come from the `forkserver` context, so
-the event loop's process (threads, sockets) is never forked.
+the event loop's process (threads, sockets) is never forked, and each one ends with
+the process that made the pool, even after a `kill -9` of it (`lifeline.die_with`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -27,6 +29,8 @@ from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Any, TypeVar
+
+from services.processor.lifeline import die_with
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +75,11 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exit code {exitcode}"
 
 
-def _serve(conn: Connection) -> None:
-    """A slot's process: run jobs from the pipe until it closes."""
+def _serve(conn: Connection, owner: int) -> None:
+    """A slot's process: run jobs from the pipe until it closes, or `owner` ends."""
+    # A job may be busy in C code for a while when the owner dies: don't wait for it
+    # to look at the pipe again.
+    die_with(owner)
     # The parent owns shutdown: an interactive Ctrl-C must not kill jobs half-way.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while True:
@@ -124,7 +131,7 @@ class _Slot:
         self._close()
         parent: Connection
         parent, child = self._context.Pipe()
-        process = self._context.Process(target=_serve, args=(child,), daemon=True)
+        process = self._context.Process(target=_serve, args=(child, os.getpid()), daemon=True)
         process.start()
         child.close()
         self._process, self._conn = process, parent
@@ -203,6 +210,14 @@ class JobPool:
             finally:
                 self._idle.append(slot)
         return result
+
+    async def warm(self, fn: Callable[[], Any] = os.getpid, *, timeout: float = 60) -> None:  # noqa: ASYNC109
+        """Start every slot's process now and run `fn` in each (say, a function of the
+        module jobs come from, so that its imports are done before the first job)."""
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(
+            *(loop.run_in_executor(self._waiters, slot.call, fn, (), timeout) for slot in self._all)
+        )
 
     def shutdown(self) -> None:
         for slot in self._all:

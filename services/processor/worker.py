@@ -2,10 +2,10 @@
 
 Nothing declared is trusted: the real bytes are sniffed against the declared type
 (the object's signed Content-Type), images are decoded under a pixel limit in a
-process pool (never on the event loop), thumbnails are written beside the object
-without metadata, and a small sidecar (`<key>.meta.json`) is written last. A
-duplicate `scan.clean` finds the sidecar and republishes its result without doing
-the work again, so thumbnails are written once.
+process pool (never on the event loop), and thumbnails are written beside the object
+without metadata. Each object version is processed once: the result is recorded in
+the work ledger before it is published, and a duplicate `scan.clean` republishes it
+without reading, decoding or writing anything (see `shared.ledger`).
 
 Videos and PDFs are described in the pool too, by jobs that read the object
 themselves with ranged GETs on a presigned URL (only what the demuxer or PDFium
@@ -55,13 +55,15 @@ from services.processor.video import VIDEO_TYPES, analyse_video
 from shared.amqp.consumer import Delivery, Handler, OnDeadLetter, Reject, Retry
 from shared.events import (
     AnyEvent,
+    Event,
     ProcessingDone,
     ProcessingRejected,
     ScanClean,
     Thumbnail,
     processing_id,
 )
-from shared.keys import sidecar_key, thumbnail_key, verified_key
+from shared.keys import thumbnail_key, verified_key
+from shared.ledger import ObjectVersion, WorkMetrics, default_work_metrics
 from shared.presign import Presigner
 from shared.s3 import credentials, error_code, is_not_found
 from shared.sniff import SNIFF_BYTES, sniff_type, type_matches
@@ -97,12 +99,20 @@ _T = TypeVar("_T")
 
 
 class Processor:
-    def __init__(self, resources: WorkerResources, pool: JobPool) -> None:
+    def __init__(
+        self,
+        resources: WorkerResources,
+        pool: JobPool,
+        *,
+        metrics: WorkMetrics | None = None,
+    ) -> None:
         settings = resources.settings
         self._settings = settings
         self._s3 = resources.s3
         self._publisher = resources.publisher
+        self._ledger = resources.ledger
         self._pool = pool
+        self._metrics = metrics or default_work_metrics(STAGE)
         # Signs the GET URLs pool jobs read from (the endpoint this process uses).
         self._storage = Presigner(
             endpoint_url=settings.s3_endpoint_url,
@@ -124,14 +134,6 @@ class Processor:
             raise Reject(f"the processor does not handle {event.type}")
         ensure_upload_object(self._settings, event.bucket, event.key, event.upload_id)
         extra = {"upload_id": str(event.upload_id), "correlation_id": event.correlation_id}
-
-        done = await self._previous_result(event)
-        if done is not None:
-            log.info("already processed; republishing the recorded result", extra=extra)
-            await self._publisher.publish(done)
-            return
-
-        started = time.perf_counter()
         try:
             head = await self._s3.head_object(Bucket=event.bucket, Key=event.key)
         except ClientError as exc:
@@ -139,11 +141,26 @@ class Processor:
                 log.info("object %s is gone; nothing to process", event.key, extra=extra)
                 return
             raise Retry(f"storage HEAD failed: {exc}") from exc
-        declared = str(head.get("ContentType", "")).lower()
-        size = int(head["ContentLength"])
         etag = str(head.get("ETag", "")).strip('"')
         if event.etag and etag != event.etag:
             raise Reject("the object changed after it was scanned")
+        # Once per object version: a duplicate gets the recorded result, and no work.
+        outcome = await self._ledger.once(
+            STAGE, ObjectVersion(event.bucket, event.key, etag), lambda: self._process(event, head)
+        )
+        self._metrics.count(outcome)
+        if outcome.duplicate:
+            log.info("already processed; republishing the recorded result", extra=extra)
+        for result in outcome.events:
+            await self._publisher.publish(result)
+
+    async def _process(self, event: ScanClean, head: dict[str, Any]) -> list[Event]:
+        """Verify, describe and thumbnail the version `head` names; return the result event."""
+        extra = {"upload_id": str(event.upload_id), "correlation_id": event.correlation_id}
+        started = time.perf_counter()
+        declared = str(head.get("ContentType", "")).lower()
+        size = int(head["ContentLength"])
+        etag = str(head.get("ETag", "")).strip('"')
         # Every read below is pinned to this version: a client re-using its upload URL
         # can't swap the bytes between the checks and the verified copy.
         pinned = {"IfMatch": f'"{etag}"'} if etag else {}
@@ -175,7 +192,8 @@ class Processor:
 
         duration_ms = (time.perf_counter() - started) * 1000
         if isinstance(outcome, Rejection):
-            await self._publisher.publish(
+            log.info("rejected (%s): %s", outcome.code, outcome.reason, extra=extra)
+            return [
                 ProcessingRejected(
                     event_id=processing_id("processing.rejected", event.upload_id, event.key),
                     upload_id=event.upload_id,
@@ -184,9 +202,7 @@ class Processor:
                     code=outcome.code,
                     producer="processor",
                 )
-            )
-            log.info("rejected (%s): %s", outcome.code, outcome.reason, extra=extra)
-            return
+            ]
 
         await self._keep_verified(event, etag, served, head)
         thumbnails: list[Thumbnail] = []
@@ -242,26 +258,9 @@ class Processor:
             duration_ms=duration_ms,
             producer="processor",
         )
-        # The sidecar is written last: once it exists, the work is durably done.
-        await self._put(sidecar_key(event.key), done.to_json(), "application/json")
         PROCESS_SECONDS.observe(time.perf_counter() - started)
-        await self._publisher.publish(done)
         log.info("ready (%d thumbnails, %.0f ms)", len(thumbnails), duration_ms, extra=extra)
-
-    async def _previous_result(self, event: ScanClean) -> ProcessingDone | None:
-        try:
-            response = await self._s3.get_object(Bucket=event.bucket, Key=sidecar_key(event.key))
-            async with response["Body"] as body:
-                raw = await body.read()
-        except ClientError as exc:
-            if is_not_found(exc):
-                return None
-            raise Retry(f"storage GET failed: {exc}") from exc
-        try:
-            return ProcessingDone.model_validate_json(raw)
-        except ValueError:
-            log.warning("unreadable sidecar for %s; processing again", event.key)
-            return None
+        return [done]
 
     async def _keep_verified(
         self, event: ScanClean, etag: str, served: bytes | None, head: dict[str, Any]
@@ -500,6 +499,10 @@ async def _cancelled(task: asyncio.Task[Any]) -> None:
         await task
 
 
+def _warm() -> None:
+    """A no-op job: a pool process that ran it has imported this module and its own."""
+
+
 def process_pool(workers: int) -> JobPool:
     """The pool CPU work runs in: one process per slot, jobs killed past their limit."""
     return JobPool(workers)
@@ -508,4 +511,7 @@ def process_pool(workers: int) -> JobPool:
 async def build_processor(
     resources: WorkerResources, pool: JobPool
 ) -> tuple[Handler, OnDeadLetter]:
+    # Every pool process started now, so the first files after a (re)start don't wait
+    # (measured on a busy 2-core machine: a cold pool held its first jobs ~8 s).
+    await pool.warm(_warm)
     return Processor(resources, pool), failure_reporter(resources.publisher, STAGE)

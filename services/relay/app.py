@@ -180,9 +180,18 @@ def _catch_up(periodic: bool) -> Callable[[web.Application], AsyncIterator[None]
         task = (
             asyncio.create_task(catch_up.run_forever(), name="relay-catch-up") if periodic else None
         )
+
+        def broker_back(_connection: object) -> None:
+            # Webhooks answered 503 while it was away are lost (SeaweedFS never retries):
+            # read them from the log now, not at the end of the interval.
+            catch_up.wake()
+
+        connection = app[AMQP]
+        connection.reconnect_callbacks.add(broker_back)
         try:
             yield
         finally:
+            connection.reconnect_callbacks.discard(broker_back)
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

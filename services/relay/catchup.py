@@ -175,19 +175,26 @@ class CatchUp:
         # Log times handled lately: runs overlap, and each event is relayed once.
         self._seen: set[int] = set()
         self._lock = asyncio.Lock()
+        self._woken = asyncio.Event()
 
     @property
     def cursor_ns(self) -> int | None:
         """Everything in the log up to this time (ns) has been relayed; None before a run."""
         return self._cursor_ns
 
+    def wake(self) -> None:
+        """Catch up now instead of at the end of the interval (the broker is back)."""
+        self._woken.set()
+
     async def run_forever(self) -> None:
-        """Catch up now and then every interval, until cancelled."""
+        """Catch up now, then every interval or whenever woken, until cancelled."""
         if self._weed is None:
             log.error("catch-up disabled: no `weed` binary beside Python or on PATH")
             return
         interval = self._settings.relay_catchup_interval_seconds
         while True:
+            # Cleared before the run: a wake-up during it means one more run right after.
+            self._woken.clear()
             try:
                 report = await self.run_once()
             except CatchUpError as exc:
@@ -200,7 +207,9 @@ class CatchUp:
                     log.info(
                         "catch-up published %d event(s) no webhook had delivered", report.replayed
                     )
-            await asyncio.sleep(interval)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval):
+                    await self._woken.wait()
 
     async def run_once(self) -> CatchUpReport:
         """Read the log from the cursor to now, publish, and move and save the cursor.

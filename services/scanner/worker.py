@@ -4,6 +4,12 @@ Memory stays bounded whatever the file size: the object is read from storage in
 chunks and each chunk goes straight into clamd's INSTREAM. A file clamd could not
 scan completely is never reported clean: the upload fails with clamd's reason.
 Infected objects are moved to the quarantine prefix, outside anything served.
+
+Each object version is scanned once: the verdict is recorded in the work ledger
+before it is published, and a duplicate `object.created` republishes it (see
+`shared.ledger`). Quarantining comes after the verdict is recorded and is repeated
+for a duplicate, so a crash at any point leaves neither an infected object in place
+nor an upload whose verdict is lost with the object it was about.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from services.scanner.clamd import ClamdClient, ClamdUnavailable, ScanIncomplete
 from shared.amqp.consumer import Delivery, Handler, OnDeadLetter, Reject, Retry
 from shared.events import (
     AnyEvent,
+    Event,
     ObjectCreated,
     ScanClean,
     ScanInfected,
@@ -31,6 +38,7 @@ from shared.events import (
     scan_started_id,
 )
 from shared.keys import quarantine_key
+from shared.ledger import ObjectVersion, WorkMetrics, default_work_metrics
 from shared.s3 import error_code, is_not_found
 from shared.worker import WorkerResources, ensure_upload_object, failure_reporter
 
@@ -47,18 +55,43 @@ SCAN_SECONDS = Histogram(
 
 
 class Scanner:
-    def __init__(self, resources: WorkerResources, clamd: ClamdClient) -> None:
+    def __init__(
+        self,
+        resources: WorkerResources,
+        clamd: ClamdClient,
+        *,
+        metrics: WorkMetrics | None = None,
+    ) -> None:
         self._settings = resources.settings
         self._s3 = resources.s3
         self._publisher = resources.publisher
+        self._ledger = resources.ledger
         self._clamd = clamd
+        self._metrics = metrics or default_work_metrics(STAGE)
 
     async def __call__(self, event: AnyEvent, delivery: Delivery) -> None:
         if not isinstance(event, ObjectCreated):
             raise Reject(f"the scanner does not handle {event.type}")
         ensure_upload_object(self._settings, event.bucket, event.key, event.upload_id)
         extra = {"upload_id": str(event.upload_id), "correlation_id": event.correlation_id}
+        etag = event.etag or await self._current_etag(event)
+        if etag is None:
+            log.info("object %s is gone; nothing to scan", event.key, extra=extra)
+            return
+        outcome = await self._ledger.once(
+            STAGE, ObjectVersion(event.bucket, event.key, etag), lambda: self._scan(event, etag)
+        )
+        self._metrics.count(outcome)
+        if outcome.duplicate:
+            log.info("already scanned; republishing the recorded verdict", extra=extra)
+        for verdict in outcome.events:
+            if isinstance(verdict, ScanInfected):
+                await self._quarantine(event)
+            await self._publish(verdict)
 
+    async def _scan(self, event: ObjectCreated, etag: str) -> list[Event]:
+        """Scan the version `etag` of the object; return the verdict to record and publish."""
+        extra = {"upload_id": str(event.upload_id), "correlation_id": event.correlation_id}
         await self._publish(
             ScanStarted(
                 event_id=scan_started_id(event.upload_id, event.key),
@@ -70,27 +103,29 @@ class Scanner:
             )
         )
         if event.size > self._clamd.max_bytes:
-            await self._fail(
-                event,
-                f"the file is {event.size} bytes; the virus scanner can fully scan at most "
-                f"{self._clamd.max_bytes}",
-            )
-            return
+            return [
+                self._failed(
+                    event,
+                    f"the file is {event.size} bytes; the virus scanner can fully scan at most "
+                    f"{self._clamd.max_bytes}",
+                )
+            ]
 
         started = time.perf_counter()
         try:
-            body = await self._open(event)
+            body = await self._open(event, etag)
         except FileNotFoundError:
-            # Deleted or aborted by its owner (or already quarantined): nothing to scan.
+            # Deleted or aborted by its owner: nothing to scan.
             log.info("object %s is gone; nothing to scan", event.key, extra=extra)
-            return
+            return []
         try:
             result = await self._clamd.scan_stream(_chunks(body))
         except ScanIncomplete as exc:
-            await self._fail(
-                event, f"the virus scanner could not scan the whole file: {exc.reason}"
-            )
-            return
+            return [
+                self._failed(
+                    event, f"the virus scanner could not scan the whole file: {exc.reason}"
+                )
+            ]
         except ClamdUnavailable as exc:
             raise Retry(str(exc)) from exc
         finally:
@@ -98,7 +133,13 @@ class Scanner:
         SCAN_SECONDS.observe(time.perf_counter() - started)
 
         if result.clean:
-            await self._publish(
+            log.info(
+                "clean (%d bytes, %.0f ms)",
+                result.scanned_bytes,
+                result.duration_s * 1000,
+                extra=extra,
+            )
+            return [
                 ScanClean(
                     event_id=scan_clean_id(event.upload_id, event.key),
                     upload_id=event.upload_id,
@@ -106,21 +147,15 @@ class Scanner:
                     bucket=event.bucket,
                     key=event.key,
                     size=result.scanned_bytes,
-                    etag=event.etag,
+                    etag=etag,
                     duration_ms=result.duration_s * 1000,
                     producer="scanner",
                 )
-            )
-            log.info(
-                "clean (%d bytes, %.0f ms)",
-                result.scanned_bytes,
-                result.duration_s * 1000,
-                extra=extra,
-            )
-            return
+            ]
         signature = result.signature or "unknown"
-        target = await self._quarantine(event)
-        await self._publish(
+        target = quarantine_key(self._settings.quarantine_prefix, event.key)
+        log.warning("infected: %s; quarantining at %s", signature, target, extra=extra)
+        return [
             ScanInfected(
                 event_id=scan_infected_id(event.upload_id, event.key),
                 upload_id=event.upload_id,
@@ -131,16 +166,26 @@ class Scanner:
                 quarantine_key=target,
                 producer="scanner",
             )
-        )
-        log.warning("infected: %s; quarantined at %s", signature, target, extra=extra)
+        ]
 
-    async def _open(self, event: ObjectCreated) -> Any:
-        params: dict[str, Any] = {"Bucket": event.bucket, "Key": event.key}
-        if event.etag:
-            # Scan exactly the version that landed; a replaced object is another event.
-            params["IfMatch"] = f'"{event.etag}"'
+    async def _current_etag(self, event: ObjectCreated) -> str | None:
+        """The stored version's ETag, for an event that did not carry one (None: gone)."""
         try:
-            response = await self._s3.get_object(**params)
+            head = await self._s3.head_object(Bucket=event.bucket, Key=event.key)
+        except ClientError as exc:
+            if is_not_found(exc):
+                return None
+            raise Retry(f"storage HEAD failed: {error_code(exc)}") from exc
+        except BotoCoreError as exc:
+            raise Retry(f"storage HEAD failed: {exc}") from exc
+        return str(head.get("ETag", "")).strip('"') or None
+
+    async def _open(self, event: ObjectCreated, etag: str) -> Any:
+        # Scan exactly the version that landed; a replaced object is another event.
+        try:
+            response = await self._s3.get_object(
+                Bucket=event.bucket, Key=event.key, IfMatch=f'"{etag}"'
+            )
         except ClientError as exc:
             if is_not_found(exc):
                 raise FileNotFoundError(event.key) from exc
@@ -153,7 +198,10 @@ class Scanner:
         return response["Body"]
 
     async def _quarantine(self, event: ObjectCreated) -> str:
-        """Copy the object under the quarantine prefix, then delete the original."""
+        """Copy the object under the quarantine prefix, then delete the original.
+
+        Idempotent: once the original is gone (moved by an earlier run), nothing happens.
+        """
         target = quarantine_key(self._settings.quarantine_prefix, event.key)
         try:
             await self._s3.copy_object(
@@ -172,17 +220,15 @@ class Scanner:
             raise Retry(f"quarantine failed: {exc}") from exc
         return target
 
-    async def _fail(self, event: ObjectCreated, reason: str) -> None:
+    def _failed(self, event: ObjectCreated, reason: str) -> UploadFailed:
         log.warning("scan failed: %s", reason, extra={"upload_id": str(event.upload_id)})
-        await self._publish(
-            UploadFailed(
-                event_id=failed_id(event.upload_id, STAGE),
-                upload_id=event.upload_id,
-                correlation_id=event.correlation_id,
-                reason=reason[:1000],
-                stage=STAGE,
-                producer="scanner",
-            )
+        return UploadFailed(
+            event_id=failed_id(event.upload_id, STAGE),
+            upload_id=event.upload_id,
+            correlation_id=event.correlation_id,
+            reason=reason[:1000],
+            stage=STAGE,
+            producer="scanner",
         )
 
     async def _publish(self, event: Any) -> None:

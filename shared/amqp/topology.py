@@ -72,7 +72,9 @@ async def connect(
     *,
     name: str | None = None,
     timeout: float = 10.0,  # noqa: ASYNC109 - first connection only
-    reconnect_interval: float = 2.0,
+    # Consumers are back within about this long of the broker's return (an attempt
+    # against a broker that is still away is one refused TCP connect).
+    reconnect_interval: float = 0.5,
     url: str | None = None,
 ) -> aio_pika.abc.AbstractRobustConnection:
     """Open a robust connection to `url` (default `settings.amqp_url`).

@@ -153,4 +153,33 @@ MIGRATIONS: tuple[Migration, ...] = (
         DROP TABLE outbox;
         """,
     ),
+    Migration(
+        5,
+        "work claims",
+        # One row per object version and pipeline stage: who is doing the work (a
+        # claim with a lease the holder renews) and, once done, what came of it (the
+        # events a duplicate delivery republishes instead of doing the work again).
+        up="""
+        CREATE TABLE work_claims (
+            stage        text NOT NULL,
+            bucket       text NOT NULL,
+            key          text NOT NULL,
+            etag         text NOT NULL,
+            holder       text,
+            claim_id     uuid,
+            lease_until  timestamptz NOT NULL,
+            runs         integer NOT NULL DEFAULT 1 CHECK (runs >= 1),
+            finished     uuid[] NOT NULL DEFAULT '{}',
+            result       jsonb,
+            claimed_at   timestamptz NOT NULL DEFAULT now(),
+            done_at      timestamptz,
+            PRIMARY KEY (stage, bucket, key, etag),
+            CHECK ((done_at IS NULL) = (result IS NULL))
+        );
+        CREATE INDEX work_claims_open ON work_claims (holder) WHERE done_at IS NULL;
+        """,
+        down="""
+        DROP TABLE work_claims;
+        """,
+    ),
 )

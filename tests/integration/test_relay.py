@@ -486,6 +486,32 @@ async def test_restart_resumes_from_the_saved_cursor(
     )
 
 
+async def test_catch_up_runs_at_start_and_again_as_soon_as_the_broker_is_back(
+    proxied: tuple[LinkProxy, Settings], tap: Tap, tmp_path: Path, stack_up: None
+) -> None:
+    proxy, settings = proxied
+    # The interval is far beyond the test: only the start and the reconnect can run it.
+    settings = settings.model_copy(
+        update={"state_dir": tmp_path, "relay_catchup_interval_seconds": 3600}
+    )
+    before_start = new_key(settings)
+    await asyncio.to_thread(put_object, settings, before_start, b"landed while the relay was down")
+    server = TestServer(create_app(settings), host="127.0.0.1")
+    await server.start_server()
+    try:
+        await tap.wait_for(lambda e: e.key == before_start)
+        await proxy.cut()
+        during_cut = new_key(settings)
+        # Its webhook (if any) would have got a 503: only the log has it now.
+        await asyncio.to_thread(
+            put_object, settings, during_cut, b"landed while the broker was away"
+        )
+        await proxy.restore()
+        await tap.wait_for(lambda e: e.key == during_cut)
+    finally:
+        await server.close()
+
+
 def _forwarder_of(app: web.Application) -> Forwarder:
     return app[FORWARDER]
 
