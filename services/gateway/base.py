@@ -67,6 +67,17 @@ async def read_model(request: web.Request, model: type[M], *, empty_ok: bool = F
         ) from None
 
 
+def whole_number(raw: str, *, max_digits: int = 9) -> int | None:
+    """`raw` as a non-negative integer if it is ASCII digits only (and not too long).
+
+    `str.isdigit` alone admits '²' and other Unicode digits `int` refuses, and `int`
+    refuses strings over 4,300 digits: both would be server errors.
+    """
+    if 0 < len(raw) <= max_digits and raw.isascii() and raw.isdigit():
+        return int(raw)
+    return None
+
+
 def owner_of(request: web.Request) -> str:
     """The authenticated owner (set by the auth middleware)."""
     try:

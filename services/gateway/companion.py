@@ -35,7 +35,13 @@ from pydantic import BaseModel
 
 from services.gateway import store
 from services.gateway.appkeys import SETTINGS, UPLOADS
-from services.gateway.base import correlation_id, json_response, owner_of, read_model
+from services.gateway.base import (
+    correlation_id,
+    json_response,
+    owner_of,
+    read_model,
+    whole_number,
+)
 from services.gateway.companion_models import (
     CompanionError,
     Completed,
@@ -169,7 +175,10 @@ async def create_multipart(request: web.Request) -> web.Response:
 async def sign_part(request: web.Request) -> web.Response:
     """`GET /s3/multipart/{uploadId}/{partNumber}`: one presigned UploadPart URL."""
     upload = await _load_multipart(request)
-    number = int(request.match_info["partNumber"])  # the route admits digits only
+    raw = request.match_info["partNumber"]
+    number = whole_number(raw)
+    if number is None:  # answered here, so the refusal is Uppy's shape, not a bare 404
+        raise BadRequest(f"the part number is a positive integer; got {raw[:20]!r}")
     uploads = request.app[UPLOADS]
     [signed] = await uploads.sign_parts(upload, [number], via="companion")
     return _ok(SignedPartUrl(url=signed.url, expires=uploads.settings.presign_ttl_seconds))
@@ -182,10 +191,11 @@ async def sign_batch(request: web.Request) -> web.Response:
     raw = [p.strip() for p in _required(request, "partNumbers").split(",")]
     if len(raw) > MAX_BATCH:
         raise BadRequest(f"at most {MAX_BATCH} part numbers per request")
-    bad = [p for p in raw if not p.isdigit()]
+    parsed = [whole_number(p) for p in raw]
+    bad = [p for p, n in zip(raw, parsed, strict=True) if n is None]
     if bad:
-        raise BadRequest(f"part numbers are positive integers; got {bad[:5]}")
-    numbers = [int(p) for p in raw]
+        raise BadRequest(f"part numbers are positive integers; got {[b[:20] for b in bad[:5]]}")
+    numbers = [n for n in parsed if n is not None]
     signed = await request.app[UPLOADS].sign_parts(upload, numbers, via="companion")
     urls = {str(n): s.url for n, s in zip(numbers, signed, strict=True)}
     return _ok(SignedPartUrls(presignedUrls=urls))
@@ -235,7 +245,8 @@ def add_companion_routes(app: web.Application) -> None:
     r.add_get("/s3/params", params)
     r.add_post("/s3/multipart", create_multipart)
     r.add_get("/s3/multipart/{uploadId}/batch", sign_batch)
-    r.add_get(r"/s3/multipart/{uploadId}/{partNumber:\d+}", sign_part)
+    # After `/batch`: routes match in the order they are added.
+    r.add_get("/s3/multipart/{uploadId}/{partNumber}", sign_part)
     r.add_post("/s3/multipart/{uploadId}/complete", complete)
     r.add_get("/s3/multipart/{uploadId}", list_parts)
     r.add_delete("/s3/multipart/{uploadId}", abort)

@@ -34,15 +34,16 @@ class CreateMultipart(_Lenient):
     )
 
 
-class CompletedPart(_Lenient):
-    PartNumber: StrictInt
-    ETag: StrictStr = Field(description="Quoted or not")
+class UppyPart(_Lenient):
+    # Documented bounds; the upload service checks them (and answers with the reason).
+    PartNumber: StrictInt = Field(json_schema_extra={"minimum": 1, "maximum": S3_MAX_PARTS})
+    ETag: StrictStr = Field(description="Quoted or not", json_schema_extra={"minLength": 1})
 
 
 class CompleteMultipart(_Lenient):
     """`POST /s3/multipart/{uploadId}/complete`."""
 
-    parts: list[CompletedPart] = Field(min_length=1, max_length=S3_MAX_PARTS)
+    parts: list[UppyPart] = Field(min_length=1, max_length=S3_MAX_PARTS)
 
 
 class FormUpload(BaseModel):

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from services.gateway import store
 from services.gateway.appkeys import LISTENER, POOL, SETTINGS
-from services.gateway.base import BaseView
+from services.gateway.base import BaseView, whole_number
 from shared.db import connect_raw
 
 log = logging.getLogger(__name__)
@@ -182,9 +182,7 @@ class EventsView(BaseView):
 
     def _last_event_id(self) -> int:
         raw = self.request.headers.get("Last-Event-ID") or self.request.query.get("last_event_id")
-        if raw and raw.strip().isdigit():
-            return int(raw.strip())
-        return 0
+        return (whole_number(raw.strip(), max_digits=18) if raw else None) or 0
 
     async def _already_final(self, upload_id: uuid.UUID, last_seq: int) -> bool:
         """The stream resumed after the final entry: nothing more will come."""

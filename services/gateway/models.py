@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, WithJso
 
 from services.gateway import metadata
 from shared.detected import Detected
+from shared.settings import S3_MAX_PARTS
 from shared.status import Status
 
 # Checked by `metadata.check_metadata` (precise errors per key); described here.
@@ -40,13 +41,18 @@ class CreateUpload(_Strict):
 
 
 class SignPartsRequest(_Strict):
-    part_numbers: list[StrictInt] = Field(min_length=1, max_length=1000)
+    part_numbers: list[StrictInt] = Field(
+        min_length=1,
+        max_length=1000,
+        json_schema_extra={"items": {"type": "integer", "minimum": 1, "maximum": S3_MAX_PARTS}},
+    )
     checksums: dict[str, StrictStr] | None = None
 
 
 class CompletedPart(_Strict):
-    part_number: StrictInt
-    etag: StrictStr
+    # Documented bounds; the upload service checks them (and answers with the reason).
+    part_number: StrictInt = Field(json_schema_extra={"minimum": 1, "maximum": S3_MAX_PARTS})
+    etag: StrictStr = Field(json_schema_extra={"minLength": 1})
 
 
 class CompleteUpload(_Strict):

@@ -6,6 +6,7 @@ test checks that every registered route is described here and vice versa.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from aiohttp import web
@@ -15,6 +16,8 @@ from services.gateway import companion_models as c
 from services.gateway import models as m
 from services.gateway import web as web_routes
 from services.gateway.appkeys import SETTINGS
+from shared.settings import S3_MAX_PARTS, Settings
+from shared.status import Status
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
@@ -55,7 +58,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/v1/uploads"): {
         "summary": "The caller's uploads, newest first",
         "parameters": [
-            {"name": "status", "in": "query", "schema": {"type": "string"}},
+            {"name": "status", "in": "query", "schema": _ref(Status)},
             {
                 "name": "limit",
                 "in": "query",
@@ -235,7 +238,12 @@ COMPANION_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         409,
         parameters=[
             _UPLOAD_ID,
-            {"name": "partNumber", "in": "path", "required": True, "schema": {"type": "integer"}},
+            {
+                "name": "partNumber",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "integer", "minimum": 1, "maximum": S3_MAX_PARTS},
+            },
             _KEY,
         ],
     ),
@@ -303,18 +311,62 @@ SCHEMAS: tuple[type[BaseModel], ...] = (
 )
 
 
+def _string_branch(prop: dict[str, Any]) -> dict[str, Any]:
+    """The non-null alternative of an optional property (the property itself otherwise)."""
+    for branch in prop.get("anyOf", []):
+        if branch.get("type") != "null":
+            return branch  # type: ignore[no-any-return]
+    return prop
+
+
+def _declared_bounds(
+    components: dict[str, Any], paths: dict[str, dict[str, Any]], settings: Settings
+) -> None:
+    """What the profiles accept, in the document: names, types, sizes, name lengths.
+
+    Single-field bounds only: a type one profile allows and another refuses, or a
+    name with a path in it, is still answered 422 with the reason.
+    """
+    profiles = settings.profiles.values()
+    names = sorted(settings.profiles)
+    types = sorted({t for p in profiles for t in p.content_types})
+    filename = {
+        "minLength": min(p.filename_min for p in profiles),
+        "maxLength": max(p.filename_max for p in profiles),
+    }
+    size = {
+        "minimum": min(p.min_size for p in profiles),
+        "maximum": max(p.max_size for p in profiles),
+    }
+    create = components["CreateUpload"]["properties"]
+    create["filename"] |= filename
+    create["content_type"] |= {"enum": types}
+    create["size"] |= size
+    _string_branch(create["profile"])["enum"] = names
+    uppy = components["CreateMultipart"]["properties"]
+    uppy["filename"] |= filename
+    uppy["type"] |= {"enum": types}
+    form = copy.deepcopy(paths["/s3/params"]["get"])  # the module's operations stay as they are
+    for param in form["parameters"]:
+        param["schema"] |= {"filename": filename, "type": {"enum": types}}.get(param["name"], {})
+    paths["/s3/params"]["get"] = form
+
+
 def document(app: web.Application | None = None) -> dict[str, Any]:
     components: dict[str, Any] = {}
     for model in SCHEMAS:
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(schema.pop("$defs", {}))
-        components[model.__name__] = schema
+        for name, sub in {**schema.pop("$defs", {}), model.__name__: schema}.items():
+            if components.setdefault(name, sub) != sub:
+                raise RuntimeError(f"two models are both called {name} in the document")
+    settings = app[SETTINGS] if app is not None else Settings()
     paths: dict[str, dict[str, Any]] = {}
     operations = OPERATIONS | COMPANION_OPERATIONS | web_routes.OPERATIONS
-    if app is not None and app[SETTINGS].dev_token_endpoint:
+    if app is not None and settings.dev_token_endpoint:
         operations |= web_routes.DEV_OPERATIONS
     for (method, path), op in sorted(operations.items(), key=lambda kv: (kv[0][1], kv[0][0])):
         paths.setdefault(path, {})[method.lower()] = op
+    _declared_bounds(components, paths, settings)
     return {
         "openapi": "3.1.0",
         "info": {

@@ -7,7 +7,7 @@ from urllib.parse import quote
 from aiohttp import web
 
 from services.gateway import store
-from services.gateway.base import BaseView, correlation_id, json_response
+from services.gateway.base import BaseView, correlation_id, json_response, whole_number
 from services.gateway.models import (
     Accepted,
     CompleteUpload,
@@ -77,13 +77,13 @@ class UploadsView(BaseView):
                 )
         limit = PAGE_SIZE
         if "limit" in query:
-            raw = query["limit"]
-            if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE_SIZE:
+            wanted = whole_number(query["limit"])
+            if wanted is None or not 1 <= wanted <= MAX_PAGE_SIZE:
                 errors.append(
                     FieldError("limit", f"must be an integer between 1 and {MAX_PAGE_SIZE}")
                 )
             else:
-                limit = int(raw)
+                limit = wanted
         after = None
         if query.get("cursor"):
             try:
@@ -190,12 +190,13 @@ class PartsView(BaseView):
         checksums: dict[int, str] = {}
         for raw_number, value in (body.checksums or {}).items():
             field = f"checksums.{raw_number}"
-            if not raw_number.isdigit() or int(raw_number) not in body.part_numbers:
+            number = whole_number(raw_number)
+            if number is None or number not in body.part_numbers:
                 errors.append(FieldError(field, "must name a part listed in part_numbers"))
             elif (b64 := checksum_b64(value)) is None:
                 errors.append(FieldError(field, "must be a base64 (or hex) SHA-256 digest"))
             else:
-                checksums[int(raw_number)] = b64
+                checksums[number] = b64
         if errors:
             raise ValidationFailed("invalid part request", errors=errors)
         signed = await self.uploads.sign_parts(

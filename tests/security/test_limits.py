@@ -214,3 +214,49 @@ async def test_validation_errors_are_capped(
     assert len(doc["errors"]) == 20
     assert doc["error_count"] == 5000
     assert len(str(doc)) < 10_000
+
+
+@pytest.mark.parametrize("number", ["²", "٣", "-1", "1.5", "9" * 5000])
+async def test_numbers_that_are_not_plain_digits_are_refused_precisely(
+    http: ClientSession, gateway: str, settings: Settings, number: str
+) -> None:
+    # '²' passes str.isdigit() but not int(); 5,000 digits are past int()'s limit.
+    auth = bearer(settings)
+    async with http.get(f"{gateway}/v1/uploads", params={"limit": number}, headers=auth) as resp:
+        doc = await problem(resp, 422)
+    assert doc["errors"][0]["field"] == "limit"
+
+    multipart = {"filename": "a.mp4", "content_type": "video/mp4", "size": 200 * 1024**2}
+    multipart |= {"profile": "media"}
+    async with http.post(f"{gateway}/v1/uploads", json=multipart, headers=auth) as resp:
+        assert resp.status == 201, await resp.text()
+        created = await resp.json()
+    uploads = f"{gateway}/v1/uploads/{created['id']}"
+    numbered = {"part_numbers": [1], "checksums": {number: "0" * 64}}
+    async with http.post(f"{uploads}/parts", json=numbered, headers=auth) as resp:
+        doc = await problem(resp, 422)
+    assert doc["errors"][0]["field"] == f"checksums.{number}"
+
+    # Uppy's routes answer in Uppy's shape: 400 with {error}, never a bare 404 or a 500.
+    async with http.post(
+        f"{gateway}/s3/multipart",
+        json={"filename": "a.mp4", "type": "video/mp4", "metadata": {"profile": "media"}},
+        headers=auth,
+    ) as resp:
+        assert resp.status == 200, await resp.text()
+        mpu = await resp.json()
+    base = f"{gateway}/s3/multipart/{mpu['uploadId']}"
+    for path, query in (
+        (f"{base}/{number}", {"key": mpu["key"]}),
+        (f"{base}/batch", {"key": mpu["key"], "partNumbers": f"1,{number}"}),
+    ):
+        async with http.get(path, params=query, headers=auth) as resp:
+            assert resp.status == 400, (path, await resp.text())
+            assert "error" in await resp.json()
+
+    for last_event_id in (number, "1" * 40):
+        async with http.get(
+            f"{uploads}/events", headers=auth | {"Last-Event-ID": last_event_id}
+        ) as resp:
+            assert resp.status == 200
+            assert resp.content_type == "text/event-stream"

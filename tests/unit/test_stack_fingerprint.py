@@ -38,7 +38,9 @@ def test_the_fingerprints_do_not_depend_on_the_hash_seed() -> None:
 def test_sets_are_written_sorted_and_read_back_the_same() -> None:
     settings = Settings()
     env = settings_environment(settings)
-    assert '"content_types": ["image/gif", "image/jpeg", "image/png"]' in env["CLEARANCE_PROFILES"]
+    types = json.loads(env["CLEARANCE_PROFILES"])["image"]["content_types"]
+    assert len(types) > 1
+    assert types == sorted(types)
     assert Settings(profiles=json.loads(env["CLEARANCE_PROFILES"])).profiles == settings.profiles
 
 
