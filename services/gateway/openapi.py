@@ -17,7 +17,6 @@ from services.gateway import models as m
 from services.gateway import web as web_routes
 from services.gateway.appkeys import SETTINGS
 from shared.settings import S3_MAX_PARTS, Settings
-from shared.status import Status
 
 JSON = "application/json"
 PROBLEM = "application/problem+json"
@@ -58,7 +57,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("GET", "/v1/uploads"): {
         "summary": "The caller's uploads, newest first",
         "parameters": [
-            {"name": "status", "in": "query", "schema": _ref(Status)},
+            {"name": "status", "in": "query", "schema": {"$ref": "#/components/schemas/Status"}},
             {
                 "name": "limit",
                 "in": "query",
