@@ -17,6 +17,9 @@ therefore record, per stage and object version (bucket, key, ETag), in the
   that holder crashed, and its work is done again).
 
 A run that fails releases its claim at once, so the consumer's retry can claim it.
+Finished rows are kept for `work_retention_days` (a duplicate arriving later than that
+does the work again; its upload reached its final state long before) and then pruned
+by whichever worker gets there first, in bounded batches.
 Lease times are the database's clock, never a worker's. Transient database errors
 (a terminated connection, a restart) are retried here a few times with the same
 claim id, so a statement whose reply was lost is not counted twice.
@@ -98,6 +101,15 @@ UPDATE work_claims SET holder = NULL, claim_id = NULL, lease_until = now()
 WHERE stage = $1 AND bucket = $2 AND key = $3 AND etag = $4
   AND claim_id = $5 AND done_at IS NULL
 """
+# Bounded: a big backlog goes over several passes, never in one long statement.
+_PRUNE = """
+DELETE FROM work_claims WHERE ctid IN (
+    SELECT ctid FROM work_claims
+    WHERE done_at < now() - make_interval(secs => $1) LIMIT $2
+)
+"""
+PRUNE_BATCH = 5000
+PRUNE_EVERY_S = 600.0
 _RENEW = """
 UPDATE work_claims SET lease_until = now() + make_interval(secs => $3)
 WHERE holder = $1 AND claim_id = ANY($2::uuid[]) AND done_at IS NULL
@@ -202,6 +214,7 @@ class WorkLedger:
         lease_seconds: float,
         holder: str | None = None,
         wait_limit: float = WAIT_LIMIT_S,
+        retention_seconds: float = 7 * 86400,
     ) -> None:
         if lease_seconds <= 0:
             raise ValueError("lease_seconds must be positive")
@@ -209,6 +222,7 @@ class WorkLedger:
         self.lease_seconds = lease_seconds
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._wait_limit = wait_limit
+        self.retention_seconds = retention_seconds
         self._active: set[uuid.UUID] = set()
         # Claims this process holds, set when they end: a duplicate delivered to this
         # very process (the usual case) goes on at once instead of at its next poll.
@@ -275,8 +289,18 @@ class WorkLedger:
         )
         return int(result.rsplit(" ", 1)[-1])
 
+    async def prune(self) -> int:
+        """Delete finished rows older than the retention (one batch); returns how many."""
+        result: str = await self._pool.execute(
+            _PRUNE, self.retention_seconds, PRUNE_BATCH, timeout=STATEMENT_TIMEOUT_S * 6
+        )
+        return int(result.rsplit(" ", 1)[-1])
+
     async def renew_forever(self) -> None:
-        """Renew every third of the lease until cancelled; failures are logged, not fatal."""
+        """Renew every third of the lease until cancelled, and prune now and then;
+        failures are logged, not fatal."""
+        loop = asyncio.get_running_loop()
+        pruned_at = loop.time() - PRUNE_EVERY_S + 60  # the first pass a minute after start
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
@@ -284,6 +308,13 @@ class WorkLedger:
             except _TRANSIENT as exc:
                 # The lease may run out; the result is still recorded when the work ends.
                 log.warning("could not renew work leases: %r", exc)
+            if loop.time() - pruned_at >= PRUNE_EVERY_S:
+                pruned_at = loop.time()
+                try:
+                    if (count := await self.prune()) > 0:
+                        log.info("pruned %d finished work records", count)
+                except _TRANSIENT as exc:
+                    log.warning("could not prune the work ledger: %r", exc)
 
     async def _claim(
         self, stage: str, version: ObjectVersion, claim_id: uuid.UUID
@@ -360,7 +391,11 @@ class WorkLedger:
 async def open_ledger(settings: Settings) -> AsyncIterator[WorkLedger]:
     """A ledger on its own small pool, renewing its leases until the block ends."""
     pool = await create_pool(settings.database_url, min_size=1, max_size=POOL_SIZE)
-    ledger = WorkLedger(pool, lease_seconds=settings.work_lease_seconds)
+    ledger = WorkLedger(
+        pool,
+        lease_seconds=settings.work_lease_seconds,
+        retention_seconds=settings.work_retention_days * 86400,
+    )
     renewal = asyncio.create_task(ledger.renew_forever(), name="work-lease-renewal")
     try:
         yield ledger

@@ -345,6 +345,8 @@ class Settings(BaseSettings):
     # A crashed worker's claim is taken over once its lease runs out; the holder renews
     # it every third of this while it works.
     work_lease_seconds: float = Field(default=10.0, gt=0, le=3600)
+    # Finished work records are kept this long (a later duplicate does the work again).
+    work_retention_days: float = Field(default=7.0, gt=0)
 
     # Reconciler
     reconcile_interval_seconds: float = Field(default=30.0, gt=0)

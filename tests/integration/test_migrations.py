@@ -11,10 +11,12 @@ import pytest
 from shared.db import applied_versions, connect, migrate
 from shared.migrations import MIGRATIONS
 from shared.settings import Settings
+from tests.conftest import TEST_DB
 
 pytestmark = pytest.mark.integration
 
-STAIRWAY_DB = "clearance_stairway"
+# Beside the suite's own database: two suites on one server never drop each other's.
+STAIRWAY_DB = f"{TEST_DB}_stairway"
 
 
 @pytest.fixture

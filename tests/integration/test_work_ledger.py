@@ -205,3 +205,40 @@ async def test_terminated_connections_neither_lose_nor_repeat_work(
     for v in versions:
         row = await claim_row(pool, v)
         assert (row["runs"], row["finished"], row["done"]) == (1, 1, True)
+
+
+async def test_finished_records_are_pruned_after_the_retention(pool: asyncpg.Pool) -> None:
+    ledger = WorkLedger(pool, lease_seconds=5, retention_seconds=3600)
+    old, recent, running = version(), version(), version()
+    for v in (old, recent):
+        await ledger.once(STAGE, v, CountingWork(v))
+    await pool.execute(
+        "UPDATE work_claims SET done_at = now() - interval '2 hours'"
+        " WHERE stage = $1 AND key = $2",
+        STAGE,
+        old.key,
+    )
+    # A claim still being worked on is never pruned, however old.
+    await pool.execute(
+        "INSERT INTO work_claims (stage, bucket, key, etag, holder, claim_id, lease_until,"
+        " claimed_at) VALUES ($1, $2, $3, $4, 'busy', $5, now() + interval '1 hour',"
+        " now() - interval '3 hours')",
+        STAGE,
+        running.bucket,
+        running.key,
+        running.etag,
+        uuid.uuid4(),
+    )
+    assert await ledger.prune() >= 1
+    keys = {
+        r["key"]
+        for r in await pool.fetch(
+            "SELECT key FROM work_claims WHERE key = ANY($1::text[])",
+            [old.key, recent.key, running.key],
+        )
+    }
+    assert keys == {recent.key, running.key}
+    # What was pruned is done again on a late duplicate (its upload is long final).
+    again = CountingWork(old)
+    assert not (await ledger.once(STAGE, old, again)).duplicate
+    assert again.runs == 1
