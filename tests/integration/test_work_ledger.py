@@ -213,8 +213,7 @@ async def test_finished_records_are_pruned_after_the_retention(pool: asyncpg.Poo
     for v in (old, recent):
         await ledger.once(STAGE, v, CountingWork(v))
     await pool.execute(
-        "UPDATE work_claims SET done_at = now() - interval '2 hours'"
-        " WHERE stage = $1 AND key = $2",
+        "UPDATE work_claims SET done_at = now() - interval '2 hours' WHERE stage = $1 AND key = $2",
         STAGE,
         old.key,
     )
