@@ -199,14 +199,8 @@ class Settings(BaseSettings):
     gateway_port: Port = 8080
     public_url: str = "http://127.0.0.1:8080"
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
-    # Origins allowed to call the gateway and PUT to the bucket from a browser; the
-    # 1828x ones serve the browser tests' pages.
-    cors_origins: tuple[str, ...] = (
-        "http://127.0.0.1:8080",
-        "http://localhost:8080",
-        "http://127.0.0.1:18280",
-        "http://127.0.0.1:18281",
-    )
+    # Origins allowed to call the gateway and PUT to the bucket from a browser.
+    cors_origins: tuple[str, ...] = ("http://127.0.0.1:8080", "http://localhost:8080")
     dev_token_endpoint: bool = False
     sse_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
 

@@ -23,7 +23,7 @@ from shared.bucket import configure_bucket
 from shared.db import migrate
 from shared.settings import Settings, WebhookEndpoint
 from tests.receiver import WebhookReceiver
-from tests.support import delete_queues, make_jpeg, pipeline_workers
+from tests.support import BROWSER_ORIGINS, delete_queues, make_jpeg, pipeline_workers
 
 TEST_DB = os.environ.get("CLEARANCE_TEST_DATABASE", "clearance_test")
 # The suite's webhook endpoint signs with this (whsec_ + base64 of 32 bytes).
@@ -81,6 +81,7 @@ def settings(base_settings: Settings, webhook_receiver: WebhookReceiver) -> Sett
             # A bucket of its own: a running `make run` stack (whose relay and
             # scanner watch the main bucket) never touches the suite's objects.
             "bucket": TEST_DB.replace("_", "-"),
+            "cors_origins": (*base_settings.cors_origins, *BROWSER_ORIGINS),
             # Every event goes to the suite's receiver, retried quickly: 4 attempts
             # within about 2 s, then dead.
             "webhooks": (

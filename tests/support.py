@@ -218,6 +218,14 @@ def free_port() -> int:
         return port
 
 
+# The browser tests' pages (the demo page, the stock Uppy page) on ports of this run's
+# own, so two runs on one machine never collide; the suite's `cors_origins` lists them
+# (tests/conftest.py), so the gateway and the suite's bucket admit those pages. Here,
+# not in a conftest: this module is imported under one name only.
+BROWSER_PORTS = {"demo": free_port(), "uppy": free_port()}
+BROWSER_ORIGINS = tuple(f"http://127.0.0.1:{port}" for port in BROWSER_PORTS.values())
+
+
 # -- media made by the tests ------------------------------------------------------
 
 

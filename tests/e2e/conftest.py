@@ -25,9 +25,10 @@ from playwright.async_api import Browser, BrowserContext, Page, async_playwright
 
 from services.gateway.app import create_app
 from shared.settings import Settings
+from tests.support import BROWSER_PORTS
 
-# The browser tests' origin, listed in the default `cors_origins`.
-E2E_PORT = 18280
+# The browser tests' origin, listed in the suite's `cors_origins` (tests/conftest.py).
+E2E_PORT = BROWSER_PORTS["demo"]
 E2E_ORIGIN = f"http://127.0.0.1:{E2E_PORT}"
 
 # Headless on a closed network: no sandbox (containers), no GPU, and none of the

@@ -6,8 +6,8 @@ a 3 MiB JPEG goes as one POST-policy form upload, a 110 MiB MP4 as a multipart
 upload (Uppy's default above 100 MiB). Both land in SeaweedFS with their sizes and
 reach `ready` through the scanner and processor running in this process.
 
-A tiny static server on a fixed loopback port serves the page and the bundle; its
-origin is in the default `cors_origins` (and so in the bucket's CORS rules). It must
+A tiny static server on a loopback port of the run's own serves the page and the
+bundle; its origin is in the suite's `cors_origins` (and so in the bucket's CORS rules). It must
 be a real loopback server: Chromium refuses calls from a page of unknown address
 space (e.g. one fulfilled by request routing) to loopback services. Uppy comes from
 npm, installed on first use into `tests/e2e/.node/` (git-ignored).
@@ -39,15 +39,15 @@ from services.gateway.appkeys import PRESIGNER, PUBLISHER, S3
 from shared.events import ObjectCreated
 from shared.keys import upload_id_from_key
 from shared.settings import MiB, Settings
-from tests.support import Uploads, tiny_mp4
+from tests.support import BROWSER_PORTS, Uploads, tiny_mp4
 
 pytestmark = pytest.mark.integration
 
 UPPY_VERSION = "6.0.1"
 NODE_DIR = Path(__file__).parent / ".node"
 PAGE = Path(__file__).parent / "uppy_page.html"
-# Its origin is listed in the default `cors_origins`: the gateway and the bucket admit it.
-PAGE_PORT = 18281
+# Its origin is listed in the suite's `cors_origins`: the gateway and the bucket admit it.
+PAGE_PORT = BROWSER_PORTS["uppy"]
 BIG_SIZE = 110 * MiB
 UPPY_PART = 5 * MiB  # Uppy's part size for this file: max(5 MiB, size / 10000)
 # A real, playable MP4: the processor decodes what follows the header now.
