@@ -140,7 +140,6 @@ class UploadService:
         except PolicyRefused:
             self.metrics.uploads_created.labels(name, "rejected").inc()
             raise
-        await self.limits.admit_create(owner)
         part_size = part_count = None
         if size is not None:
             multipart = uses_multipart(policy, declared.size)
@@ -151,6 +150,8 @@ class UploadService:
         bucket = self.settings.bucket
         mpu_id = None
         if multipart:
+            # Admitted before storage opens anything: a refused create costs it nothing.
+            await self.limits.admit_create(owner)
             mpu_id = await self.storage.create_multipart(bucket, key, declared.content_type)
         upload = store.Upload.pending(
             id=upload_id,
@@ -168,8 +169,14 @@ class UploadService:
             part_size=part_size,
             part_count=part_count,
         )
-        async with self.pool.acquire() as conn:
-            await store.insert_upload(conn, upload, actor="gateway")
+        if multipart:
+            await store.insert_upload(self.pool, upload, actor="gateway")
+        else:  # the limits, the row, its first entry and the NOTIFY: one round trip
+            self.limits.check(
+                await store.insert_admitted_upload(
+                    self.pool, upload, actor="gateway", limits=self.limits.create_limits
+                )
+            )
         self.metrics.uploads_created.labels(name, "created").inc()
         return upload
 
