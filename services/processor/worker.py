@@ -125,20 +125,16 @@ class Processor:
         ensure_upload_object(self._settings, event.bucket, event.key, event.upload_id)
         extra = {"upload_id": str(event.upload_id), "correlation_id": event.correlation_id}
 
-        done = await self._previous_result(event)
-        if done is not None:
-            log.info("already processed; republishing the recorded result", extra=extra)
-            await self._publisher.publish(done)
-            return
-
         started = time.perf_counter()
-        try:
-            head = await self._s3.head_object(Bucket=event.bucket, Key=event.key)
-        except ClientError as exc:
-            if is_not_found(exc):
-                log.info("object %s is gone; nothing to process", event.key, extra=extra)
-                return
-            raise Retry(f"storage HEAD failed: {exc}") from exc
+        # Both reads at once: a result recorded earlier wins over the HEAD.
+        previous, head = await asyncio.gather(self._previous_result(event), self._head(event))
+        if previous is not None:
+            log.info("already processed; republishing the recorded result", extra=extra)
+            await self._publisher.publish(previous)
+            return
+        if head is None:
+            log.info("object %s is gone; nothing to process", event.key, extra=extra)
+            return
         declared = str(head.get("ContentType", "")).lower()
         size = int(head["ContentLength"])
         etag = str(head.get("ETag", "")).strip('"')
@@ -188,11 +184,15 @@ class Processor:
             log.info("rejected (%s): %s", outcome.code, outcome.reason, extra=extra)
             return
 
-        await self._keep_verified(event, etag, served, head)
-        thumbnails: list[Thumbnail] = []
+        # The verified copy and the thumbnails are independent writes: sent together
+        # (the sidecar, below, still comes last, once every one of them is stored).
+        derivatives = outcome.derivatives if isinstance(outcome, MediaReport | ImageReport) else []
+        _, thumbnails = await asyncio.gather(
+            self._keep_verified(event, etag, served, head),
+            self._write_thumbnails(event, derivatives),
+        )
         metadata: dict[str, Any]
         if isinstance(outcome, MediaReport):
-            thumbnails = await self._write_thumbnails(event, outcome.derivatives)
             metadata = {
                 "type": outcome.detected_type,
                 "size": size,
@@ -209,7 +209,6 @@ class Processor:
                 extra=extra,
             )
         elif isinstance(outcome, ImageReport):
-            thumbnails = await self._write_thumbnails(event, outcome.derivatives)
             metadata = {
                 "type": outcome.detected_type,
                 "size": size,
@@ -262,6 +261,16 @@ class Processor:
         except ValueError:
             log.warning("unreadable sidecar for %s; processing again", event.key)
             return None
+
+    async def _head(self, event: ScanClean) -> dict[str, Any] | None:
+        """The object's HEAD; None if it is gone."""
+        try:
+            head: dict[str, Any] = await self._s3.head_object(Bucket=event.bucket, Key=event.key)
+        except ClientError as exc:
+            if is_not_found(exc):
+                return None
+            raise Retry(f"storage HEAD failed: {exc}") from exc
+        return head
 
     async def _keep_verified(
         self, event: ScanClean, etag: str, served: bytes | None, head: dict[str, Any]
@@ -435,20 +444,23 @@ class Processor:
     async def _write_thumbnails(
         self, event: ScanClean, derivatives: list[Derivative]
     ) -> list[Thumbnail]:
-        written = []
-        for derivative in derivatives:
-            key = thumbnail_key(event.key, derivative.size)
-            await self._put(key, derivative.data, derivative.content_type)
-            written.append(
-                Thumbnail(
-                    size=derivative.size,
-                    key=key,
-                    width=derivative.width,
-                    height=derivative.height,
-                    content_type=derivative.content_type,
-                    bytes=len(derivative.data),
-                )
+        written = [
+            Thumbnail(
+                size=d.size,
+                key=thumbnail_key(event.key, d.size),
+                width=d.width,
+                height=d.height,
+                content_type=d.content_type,
+                bytes=len(d.data),
             )
+            for d in derivatives
+        ]
+        await asyncio.gather(
+            *(
+                self._put(t.key, d.data, d.content_type)
+                for t, d in zip(written, derivatives, strict=True)
+            )
+        )
         return written
 
     async def _put(

@@ -8,6 +8,7 @@ Infected objects are moved to the quarantine prefix, outside anything served.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -59,17 +60,32 @@ class Scanner:
         ensure_upload_object(self._settings, event.bucket, event.key, event.upload_id)
         extra = {"upload_id": str(event.upload_id), "correlation_id": event.correlation_id}
 
-        await self._publish(
-            ScanStarted(
-                event_id=scan_started_id(event.upload_id, event.key),
-                upload_id=event.upload_id,
-                correlation_id=event.correlation_id,
-                bucket=event.bucket,
-                key=event.key,
-                producer="scanner",
+        # The broker's confirm of `scan.started` (a quorum-queue write) is awaited while
+        # the object streams into clamd, not before: every outcome below is published
+        # only after it, on the same channel, so the recorder still sees them in order.
+        announce = asyncio.create_task(
+            self._publish(
+                ScanStarted(
+                    event_id=scan_started_id(event.upload_id, event.key),
+                    upload_id=event.upload_id,
+                    correlation_id=event.correlation_id,
+                    bucket=event.bucket,
+                    key=event.key,
+                    producer="scanner",
+                )
             )
         )
+        try:
+            await self._scan(event, extra, announce)
+        finally:
+            # A failure above is the handler's outcome (retried, re-announced by id).
+            await asyncio.gather(announce, return_exceptions=True)
+
+    async def _scan(
+        self, event: ObjectCreated, extra: dict[str, str], announce: asyncio.Task[None]
+    ) -> None:
         if event.size > self._clamd.max_bytes:
+            await announce
             await self._fail(
                 event,
                 f"the file is {event.size} bytes; the virus scanner can fully scan at most "
@@ -83,10 +99,12 @@ class Scanner:
         except FileNotFoundError:
             # Deleted or aborted by its owner (or already quarantined): nothing to scan.
             log.info("object %s is gone; nothing to scan", event.key, extra=extra)
+            await announce
             return
         try:
             result = await self._clamd.scan_stream(_chunks(body))
         except ScanIncomplete as exc:
+            await announce
             await self._fail(
                 event, f"the virus scanner could not scan the whole file: {exc.reason}"
             )
@@ -96,6 +114,7 @@ class Scanner:
         finally:
             body.close()
         SCAN_SECONDS.observe(time.perf_counter() - started)
+        await announce
 
         if result.clean:
             await self._publish(
