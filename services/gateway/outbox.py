@@ -1,9 +1,9 @@
 """The transactional outbox: public events written with their change, relayed with confirms.
 
-Writing: `NotificationOutbox.add` runs inside `store.transition` / `insert_upload`, in
-the transaction of the status change. It stores the change's `UploadEvent` once for
-the broker (`outbox`) and once per webhook endpoint that subscribed to its type
-(`webhook_deliveries`, see `webhooks`). A change is therefore committed with its
+Writing: `NotificationOutbox.add` runs inside `store.transition` / `insert_upload` /
+`insert_admitted_upload`, in the transaction of the status change. It stores the
+change's `UploadEvent` once for the broker (`outbox`) and once per webhook endpoint
+that subscribed to its type (`webhook_deliveries`, see `webhooks`), in one statement. A change is therefore committed with its
 events or not at all: a crash after the commit loses nothing, and a broker outage
 only delays the stream.
 

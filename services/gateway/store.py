@@ -5,7 +5,9 @@ applies the state machine, appends a timeline entry keyed by the causing event's
 (a duplicate is a no-op), writes the change's public event to the outbox and NOTIFYs
 listeners (SSE, the outbox relay, webhooks), all in the same transaction. The move,
 the entry and the NOTIFY are one statement, the outbox's rows a second one: four round
-trips with BEGIN and COMMIT (a create is the same, its owner's limits included).
+trips with BEGIN and COMMIT (a create is the same, its owner's limits included). The
+event is built in Python from the row the statement returns (`notifications`), so its
+shape has one definition.
 """
 
 from __future__ import annotations
