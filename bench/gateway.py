@@ -83,6 +83,7 @@ def bench_settings(state_dir: Path) -> Settings:
             "database_url": f"{base.database_url.rsplit('/', 1)[0]}/{BENCH_DB}",
             "queue_prefix": QUEUE_PREFIX,
             "amqp_exchange": f"{QUEUE_PREFIX}.events",
+            "notifications_exchange": f"{QUEUE_PREFIX}.notifications",
             "bucket": BUCKET,
             "s3_endpoint_url": f"http://127.0.0.1:{WEED['s3']}",
             "weed_s3_port": WEED["s3"],
@@ -168,7 +169,7 @@ async def fresh_database(settings: Settings) -> None:
 
 
 async def forget(settings: Settings) -> None:
-    """Drop this run's database, queues and exchange."""
+    """Drop this run's database, queues and exchanges."""
     admin = await asyncpg.connect(f"{settings.database_url.rsplit('/', 1)[0]}/postgres")
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
@@ -183,6 +184,7 @@ async def forget(settings: Settings) -> None:
             for name in names:
                 await channel.queue_delete(name)
         await channel.exchange_delete(settings.amqp_exchange)
+        await channel.exchange_delete(settings.notifications_exchange)
 
 
 def database_backends(settings: Settings) -> list[int]:

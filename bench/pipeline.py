@@ -73,7 +73,7 @@ class Sample:
 
 
 async def forget(settings: Settings) -> None:
-    """Drop this run's database, queues and exchange."""
+    """Drop this run's database, queues and exchanges."""
     base = settings.database_url.rsplit("/", 1)[0]
     admin = await asyncpg.connect(f"{base}/postgres")
     try:
@@ -89,6 +89,7 @@ async def forget(settings: Settings) -> None:
             for name in names:
                 await channel.queue_delete(name)
         await channel.exchange_delete(settings.amqp_exchange)
+        await channel.exchange_delete(settings.notifications_exchange)
 
 
 def two_megapixel_jpeg(seed: int) -> bytes:
@@ -229,6 +230,7 @@ async def run(
             "state_dir": state,
             "queue_prefix": QUEUE_PREFIX,
             "amqp_exchange": f"{QUEUE_PREFIX}.events",
+            "notifications_exchange": f"{QUEUE_PREFIX}.notifications",
             "gateway_port": PORT,
             "s3_endpoint_url": f"http://127.0.0.1:{WEED['s3']}",
             **{f"weed_{name}_port": port for name, port in WEED.items()},
