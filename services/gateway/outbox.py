@@ -3,9 +3,9 @@
 Writing: `NotificationOutbox.add` runs inside `store.transition` / `insert_upload` /
 `insert_admitted_upload`, in the transaction of the status change. It stores the
 change's `UploadEvent` once for the broker (`outbox`) and once per webhook endpoint
-that subscribed to its type (`webhook_deliveries`, see `webhooks`), in one statement. A change is therefore committed with its
-events or not at all: a crash after the commit loses nothing, and a broker outage
-only delays the stream.
+that subscribed to its type (`webhook_deliveries`, see `webhooks`), in one statement.
+A change is therefore committed with its events or not at all: a crash after the
+commit loses nothing, and a broker outage only delays the stream.
 
 Relaying: `OutboxRelay` (a task of every gateway replica) claims rows with
 `FOR UPDATE SKIP LOCKED`, publishes them to the `notifications_exchange` topic
