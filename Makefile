@@ -69,6 +69,7 @@ check: lint typecheck
 bench: setup
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/presign.py
+	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/pipeline.py
 	$(BIN)/python bench/upload.py
 	$(BIN)/python bench/media.py

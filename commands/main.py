@@ -84,21 +84,19 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from aiohttp import web
+    import os
 
-    from services.gateway.app import create_app
+    from services.gateway.workers import serve, supervise
 
     settings = _settings()
     _configure_logging(settings)
+    host = args.host or settings.gateway_host
+    port = args.port or settings.gateway_port
+    workers = args.workers or settings.gateway_workers or os.cpu_count() or 1
+    if workers > 1:
+        return supervise(workers, host, port)
     _use_uvloop()
-    web.run_app(
-        create_app(settings),
-        host=args.host or settings.gateway_host,
-        port=args.port or settings.gateway_port,
-        access_log=None,
-        print=None,
-        shutdown_timeout=10,
-    )
+    serve(settings, host, port, index=args.worker_index, reuse_port=args.reuse_port)
     return 0
 
 
@@ -198,6 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gateway", help="run the HTTP gateway")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument(
+        "--workers",
+        type=int,
+        help="processes sharing the port (default: CLEARANCE_GATEWAY_WORKERS, else one per CPU)",
+    )
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("relay", help="run the storage-notification relay (webhooks → RabbitMQ)")

@@ -1,6 +1,6 @@
 """AWS Signature V4 presigning for S3, without botocore on the hot path.
 
-Two kinds share one signing core (the day's signing key, the clock stamp, the
+Three kinds share one signing core (the day's signing key, the clock stamp, the
 bucket's address):
 
 * *query-string* URLs (PUT, UploadPart, GET), byte-identical to botocore's
@@ -8,7 +8,11 @@ bucket's address):
 * *POST policies* for browser form uploads (``presign_post``), byte-identical to
   botocore's ``generate_presigned_post``: the browser sends ``fields`` (then the
   file, last) as ``multipart/form-data`` to the bucket URL and storage checks
-  every condition (exact key and type, encryption, a byte range).
+  every condition (exact key and type, encryption, a byte range);
+* *header-signed* requests (``sign_request``) that a service sends itself (the
+  gateway's multipart control calls), byte-identical to botocore's
+  ``S3SigV4Auth``: an ``Authorization`` header, ``X-Amz-Date`` and the payload's
+  SHA-256 in ``X-Amz-Content-SHA256``.
 
 The query URLs are byte-identical to botocore's ``generate_presigned_url`` (signature
 version ``s3v4``) for the same inputs and clock, and about 30x cheaper: the day's
@@ -62,6 +66,8 @@ __all__ = [
     "PresignedPost",
     "PresignedRequest",
     "Presigner",
+    "SignedRequest",
+    "metadata_headers",
 ]
 
 MIN_EXPIRES_IN: Final = 1
@@ -98,6 +104,10 @@ _METADATA_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 # botocore never signs these (SIGNED_HEADERS_BLACKLIST); "host" is ours to compute.
 _UNSIGNABLE_HEADERS: Final = frozenset(
     {"expect", "transfer-encoding", "user-agent", "x-amzn-trace-id", "host"}
+)
+# Headers a header-signed request gets from the signer itself.
+_SIGNER_HEADERS: Final = frozenset(
+    {"authorization", "x-amz-date", "x-amz-content-sha256", "x-amz-security-token", "date"}
 )
 # POST-policy fields storage sets from the signature itself; callers may not pass them.
 _RESERVED_FIELDS: Final = frozenset(
@@ -166,6 +176,20 @@ class PresignedPost:
     url: str  # the bucket URL, ending in "/"
     fields: dict[str, str]
     expires_at: datetime  # tz-aware UTC; storage refuses the form after this
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    """A request signed in its headers: send ``method`` to ``url`` with exactly
+    ``headers`` (``Host`` included) and ``body``.
+
+    ``url`` is already percent-encoded and must be sent verbatim (no re-quoting).
+    """
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes
 
 
 class _Target(NamedTuple):
@@ -326,7 +350,7 @@ class Presigner:
         length = _check_length(content_length)
         headers = {"Content-Type": content_type, "Content-Length": length}
         signed = [("content-length", length), ("content-type", content_type)]
-        for name, value in _metadata_headers(metadata):
+        for name, value in metadata_headers(metadata):
             headers[name] = value
             signed.append((name, value))
         if sse is not None:
@@ -485,12 +509,80 @@ class Presigner:
             {"success_action_status": success_action_status},
             ["content-length-range", min_size, max_size],
         ]
-        for name, value in _metadata_headers(metadata):
+        for name, value in metadata_headers(metadata):
             fields[name] = value
             conditions.append({name: value})
         return self.presign_post(
             bucket, key, fields=fields, conditions=conditions, expires_in=expires_in, now=now
         )
+
+    def sign_request(
+        self,
+        method: str,
+        bucket: str,
+        key: str | None = None,
+        *,
+        query: Sequence[tuple[str, str | None]] = (),
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+        now: datetime | None = None,
+    ) -> SignedRequest:
+        """Sign a request in its headers, as botocore's ``S3SigV4Auth`` does.
+
+        ``key`` None addresses the bucket itself. ``query`` holds raw (unencoded)
+        parameters in URL order; a None value is a bare flag such as ``?uploads``.
+        ``headers`` are all signed, with ``Host``, ``X-Amz-Date``, the payload's
+        SHA-256 (``X-Amz-Content-SHA256``) and the session token, if any.
+        """
+        if not isinstance(method, str) or not _METHOD.fullmatch(method):
+            raise ValueError(f"invalid HTTP method {method!r}")
+        if not isinstance(body, bytes):
+            raise ValueError("body must be bytes")
+        method = method.upper()
+        signed = _check_headers(headers) if headers else []
+        for name, _ in signed:
+            if name in _SIGNER_HEADERS:
+                raise ValueError(f"header {name!r} is set by the signer")
+        target = self._targets.get(bucket) or self._resolve(bucket)
+        path = (target.path_prefix or "/") if key is None else target.path_prefix + _quote_key(key)
+        pairs = [
+            (_quote_query(name), "" if value is None else _quote_query(value))
+            for name, value in query
+        ]
+        if pairs:
+            url_qs = "&".join([name if value == "" else f"{name}={value}" for name, value in pairs])
+            url = f"{target.origin}{path}?{url_qs}"
+        else:
+            url = f"{target.origin}{path}"
+        _, amz_date, datestamp = self._stamp(now)
+        payload = hashlib.sha256(body).hexdigest()
+        out = dict(headers or {})
+        out["Host"] = target.host
+        out["X-Amz-Date"] = amz_date
+        out["X-Amz-Content-SHA256"] = payload
+        signed += [("host", target.host), ("x-amz-date", amz_date)]
+        signed.append(("x-amz-content-sha256", payload))
+        if self._token is not None:
+            out["X-Amz-Security-Token"] = self._token
+            signed.append(("x-amz-security-token", self._token))
+        signed.sort()
+        signed_names = ";".join([name for name, _ in signed])
+        canonical_qs = "&".join([f"{name}={value}" for name, value in sorted(pairs)])
+        canonical_request = (
+            f"{method}\n{path}\n{canonical_qs}\n{_canonical_headers(signed)}\n"
+            f"{signed_names}\n{payload}"
+        )
+        scope = f"{datestamp}{self._scope_suffix}"
+        string_to_sign = (
+            f"{_ALGORITHM}\n{amz_date}\n{scope}\n"
+            + hashlib.sha256(canonical_request.encode()).hexdigest()
+        )
+        signature = self._signer(datestamp).hexdigest(string_to_sign.encode())
+        out["Authorization"] = (
+            f"{_ALGORITHM} Credential={self._access_key}/{scope}, "
+            f"SignedHeaders={signed_names}, Signature={signature}"
+        )
+        return SignedRequest(method, url, out, body)
 
     # -- signing ------------------------------------------------------------
 
@@ -520,10 +612,7 @@ class Presigner:
         headers.append(("host", target.host))
         headers.sort()
         signed_names = ";".join([name for name, _ in headers])
-        # SigV4 "trimall": strip and collapse inner runs of whitespace (as botocore).
-        canonical_headers = "".join(
-            [f"{name}:{' '.join(value.split())}\n" for name, value in headers]
-        )
+        canonical_headers = _canonical_headers(headers)
 
         credential = self._cred_prefix + datestamp + self._scope_suffix_enc
         expires = str(expires_in)
@@ -676,6 +765,12 @@ def _derive_signing_key(secret: bytes, datestamp: str, region: str, service: str
     return hmac.digest(key, b"aws4_request", "sha256")
 
 
+def _canonical_headers(headers: list[tuple[str, str]]) -> str:
+    """Sorted ``name:value`` lines; SigV4 "trimall" strips and collapses inner runs of
+    whitespace in each value (as botocore does)."""
+    return "".join([f"{name}:{' '.join(value.split())}\n" for name, value in headers])
+
+
 def _virtual_hostable(bucket: str, *, allow_dots: bool) -> bool:
     if len(bucket) < 3 or bucket.lower() != bucket or _IPV4_SHAPED.fullmatch(bucket):
         return False
@@ -721,7 +816,7 @@ def _check_value(name: str, value: str) -> None:
         raise ValueError(f"{name} must be non-empty printable ASCII")
 
 
-def _metadata_headers(metadata: Mapping[str, str] | None) -> list[tuple[str, str]]:
+def metadata_headers(metadata: Mapping[str, str] | None) -> list[tuple[str, str]]:
     """``x-amz-meta-<name>`` headers (lowercase names) for user metadata."""
     headers = []
     for name, value in (metadata or {}).items():

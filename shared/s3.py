@@ -29,6 +29,16 @@ def browser_presigner(settings: Settings) -> Presigner:
     )
 
 
+def storage_signer(settings: Settings) -> Presigner:
+    """Signs the requests a service sends to storage itself (its own endpoint)."""
+    return Presigner(
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        credentials=credentials(settings),
+        addressing_style=settings.s3_addressing_style,
+    )
+
+
 @asynccontextmanager
 async def s3_client(settings: Settings) -> AsyncIterator[Any]:
     """An aiobotocore S3 client with timeouts and bounded retries on every call."""

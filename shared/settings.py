@@ -198,6 +198,8 @@ class Settings(BaseSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: Port = 8080
     public_url: str = "http://127.0.0.1:8080"
+    # Gateway processes sharing the port (SO_REUSEPORT); None means one per CPU.
+    gateway_workers: int | None = Field(default=None, ge=1, le=64)
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     # Origins allowed to call the gateway and PUT to the bucket from a browser.
     cors_origins: tuple[str, ...] = ("http://127.0.0.1:8080", "http://localhost:8080")

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import orjson
 from aiohttp import web
 from botocore.exceptions import ClientError
@@ -19,6 +20,7 @@ from services.gateway.appkeys import (
     PRESIGNER,
     PUBLISHER,
     S3,
+    S3_REQUESTS,
     SETTINGS,
     UPLOADS,
     VERIFIER,
@@ -38,18 +40,22 @@ from services.gateway.middlewares import (
 )
 from services.gateway.notifier import outbox_relay_context, webhooks_context
 from services.gateway.reconciler import reconciler_context
+from services.gateway.s3_requests import S3Requests
 from services.gateway.storage import Storage
 from services.gateway.uploads import UploadService
 from services.gateway.v1 import CompleteView, DownloadView, PartsView, UploadsView, UploadView
 from services.gateway.web import add_web_routes
 from shared.db import create_pool, schema_problem
 from shared.problems import problem_middleware
-from shared.s3 import browser_presigner, is_not_found, s3_client
+from shared.s3 import browser_presigner, is_not_found, s3_client, storage_signer
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 2.0  # seconds per dependency probe
+# Storage calls on the request path: one pool of kept-alive connections, bounded waits.
+STORAGE_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5, sock_read=20)
+STORAGE_CONNECTIONS = 64
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -67,8 +73,16 @@ async def _database(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _storage(app: web.Application) -> AsyncIterator[None]:
-    async with s3_client(app[SETTINGS]) as client:
+    settings = app[SETTINGS]
+    connector = aiohttp.TCPConnector(limit=STORAGE_CONNECTIONS, keepalive_timeout=30)
+    async with (
+        aiohttp.ClientSession(
+            connector=connector, timeout=STORAGE_TIMEOUT, auto_decompress=False
+        ) as session,
+        s3_client(settings) as client,
+    ):
         app[S3] = client
+        app[S3_REQUESTS] = S3Requests(session, storage_signer(settings))
         yield
 
 
@@ -76,7 +90,7 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
     app[UPLOADS] = UploadService(
         app[SETTINGS],
         app[POOL],
-        Storage(app[S3]),
+        Storage(app[S3], app[S3_REQUESTS]),
         app[PRESIGNER],
         app.get(PUBLISHER),
         app[METRICS],
@@ -167,13 +181,15 @@ def create_app(
     settings: Settings,
     *,
     with_broker: bool = True,
+    with_recorder: bool = True,
     with_reconciler: bool = True,
     with_outbox_relay: bool | None = None,
 ) -> web.Application:
     """Build the gateway. Resources open on start-up and close on clean-up, in order.
 
-    `with_outbox_relay` (default: `with_broker`) runs the relay of public events; the
-    webhook dispatcher runs whenever endpoints are configured.
+    With several gateway processes, one runs the recorder and the reconciler; every
+    one runs the relay of public events (`with_outbox_relay`, default: `with_broker`)
+    and, whenever endpoints are configured, the webhook dispatcher.
     """
     metrics = GatewayMetrics()
     app = web.Application(
@@ -207,7 +223,7 @@ def create_app(
     if with_broker:
         app.cleanup_ctx.append(broker_context)
     app.cleanup_ctx.append(_uploads)
-    if with_broker:
+    if with_broker and with_recorder:
         app.cleanup_ctx.append(recorder_context)
     if with_reconciler:
         app.cleanup_ctx.append(reconciler_context)

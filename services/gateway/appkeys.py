@@ -9,6 +9,7 @@ from aiohttp import web
 
 from services.gateway.auth import TokenVerifier
 from services.gateway.metrics import GatewayMetrics
+from services.gateway.s3_requests import S3Requests
 from services.gateway.uploads import EventPublisher, UploadService
 from shared.presign import Presigner
 from shared.settings import Settings
@@ -16,6 +17,7 @@ from shared.settings import Settings
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", asyncpg.Pool)
 S3: web.AppKey[Any] = web.AppKey("s3")  # aiobotocore client
+S3_REQUESTS = web.AppKey("s3_requests", S3Requests)  # signed requests on the hot path
 PRESIGNER = web.AppKey("presigner", Presigner)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
 METRICS = web.AppKey("metrics", GatewayMetrics)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections import OrderedDict
 from typing import Any
 
 import jwt
@@ -14,6 +16,9 @@ from shared.settings import Settings
 MAX_SUBJECT = 256
 # Clock skew allowed when judging a token's lifetime (expiry itself is exact).
 LEEWAY_SECONDS = 30
+# Verified tokens remembered (by digest) until they expire; the least recently used
+# are forgotten first. A browser sends the same token with every request.
+CACHED_TOKENS = 10_000
 
 
 class TokenVerifier:
@@ -33,17 +38,39 @@ class TokenVerifier:
         required += ["aud"] if self._audience else []
         required += ["iss"] if self._issuer else []
         self._required = required
+        # sha256(token) → (subject, exp): only tokens that passed every check.
+        self._verified: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
 
     def owner(self, authorization: str | None) -> str:
-        """The token's subject, or Unauthorized with a precise reason."""
+        """The token's subject, or Unauthorized with a precise reason.
+
+        A token that passed is remembered until its `exp` (checked exactly, as PyJWT
+        does: valid while now < exp); an expired or never-seen one is verified in full,
+        so every refusal keeps its precise reason.
+        """
         if not authorization:
             raise Unauthorized("missing Authorization header; send 'Authorization: Bearer <JWT>'")
         scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise Unauthorized("Authorization must use the Bearer scheme")
+        digest = hashlib.sha256(token.encode()).digest()
+        known = self._verified.get(digest)
+        if known is not None:
+            if time.time() < known[1]:
+                self._verified.move_to_end(digest)
+                return known[0]
+            del self._verified[digest]
+        sub, exp = self._verify(token)
+        self._verified[digest] = (sub, exp)
+        if len(self._verified) > CACHED_TOKENS:
+            self._verified.popitem(last=False)
+        return sub
+
+    def _verify(self, token: str) -> tuple[str, float]:
         try:
             claims = jwt.decode(
-                token.strip(),
+                token,
                 self._key,
                 algorithms=[self._algorithm],
                 audience=self._audience,
@@ -67,7 +94,7 @@ class TokenVerifier:
             raise Unauthorized(
                 f"token lifetime exceeds the maximum of {self._max_lifetime} seconds"
             )
-        return sub
+        return sub, float(exp)
 
 
 def mint_token(settings: Settings, subject: str, *, ttl_seconds: int = 3600) -> str:

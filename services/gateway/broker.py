@@ -15,6 +15,8 @@ from shared.amqp.metrics import ConsumerMetrics
 from shared.pipeline import all_queues, recorder_queue
 
 DRAIN_SECONDS = 10.0
+# Events the recorder applies at once (of different uploads; one upload's in order).
+RECORDER_PREFETCH = 32
 
 
 async def broker_context(app: web.Application) -> AsyncIterator[None]:
@@ -35,9 +37,10 @@ async def recorder_context(app: web.Application) -> AsyncIterator[None]:
         recorder_queue(settings),
         StatusRecorder(app[UPLOADS]),
         metrics=ConsumerMetrics(app[METRICS].registry),
-        # One at a time, in queue order: `object.created` is recorded before the
-        # scanner's `scan.started` that follows it, so timelines never skip a stage.
-        prefetch=1,
+        # Several uploads at once; one upload's events one at a time, in queue order
+        # (the recorder's `InOrder`): timelines never skip a stage. With prefetch 1 a
+        # burst of uploads queued behind one serial writer (seconds per upload).
+        prefetch=RECORDER_PREFETCH,
     )
     await recorder.start()
     try:

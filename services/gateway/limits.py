@@ -12,25 +12,12 @@ from typing import Any
 
 import asyncpg
 
+from services.gateway import store
 from shared.problems import TooManyRequests
 from shared.settings import Settings
 from shared.status import BEFORE_LANDING
 
-# One statement: refill the owner's bucket for the time since its last use and take a
-# token if there is one. No row back means the bucket is empty.
-_TAKE = """
-INSERT INTO owner_buckets AS b (owner, tokens, updated_at) VALUES ($1, $2 - 1, now())
-ON CONFLICT (owner) DO UPDATE SET
-    tokens = LEAST($2, b.tokens + EXTRACT(EPOCH FROM now() - b.updated_at) * $3) - 1,
-    updated_at = now()
-WHERE LEAST($2, b.tokens + EXTRACT(EPOCH FROM now() - b.updated_at) * $3) >= 1
-RETURNING tokens
-"""
-_LEVEL = """
-SELECT LEAST($2, tokens + EXTRACT(EPOCH FROM now() - updated_at) * $3)
-FROM owner_buckets WHERE owner = $1
-"""
-_OPEN_UPLOADS = "SELECT count(*) FROM uploads WHERE owner = $1 AND status = ANY($2::text[])"
+# The create limits are checked in the create's own statement (`store.insert_admitted_upload`).
 # Serialised per owner, so two streams opened at once can't both take the last slot.
 _OPEN_STREAM = """
 WITH lock AS (SELECT pg_advisory_xact_lock(hashtextextended('stream:' || $2, 0)))
@@ -51,24 +38,35 @@ class OwnerLimits:
         self._max_streams = settings.max_streams_per_owner
         # A stream's lease outlives a few missed heartbeats, not a crashed gateway.
         self._lease = settings.sse_heartbeat_seconds * 3
+        self.create_limits = store.CreateLimits(
+            burst=self._burst,
+            rate=self._rate,
+            max_pending=self._max_pending,
+            open_statuses=tuple(s.value for s in BEFORE_LANDING),
+        )
 
     async def admit_create(self, owner: str) -> None:
-        """Take one create from the owner's rate, and check the cap on open uploads."""
-        async with self._pool.acquire() as conn:
-            if await conn.fetchval(_TAKE, owner, self._burst, self._rate) is None:
-                level = await conn.fetchval(_LEVEL, owner, self._burst, self._rate) or 0.0
-                wait = math.ceil((1 - float(level)) / self._rate)
-                raise TooManyRequests(
-                    f"too many uploads created; at most {self._burst:g} at once and "
-                    f"{self._rate * 60:g} per minute",
-                    retry_after=wait,
-                    limit="create_rate",
-                )
-            pending = await conn.fetchval(_OPEN_UPLOADS, owner, [s.value for s in BEFORE_LANDING])
-        if pending >= self._max_pending:
+        """Take one create from the owner's rate, and check the cap on open uploads.
+
+        For creates that must ask storage first (multipart); the others are admitted
+        in their own insert (`store.insert_admitted_upload`), then `check`ed.
+        """
+        self.check(await store.admit(self._pool, owner, self.create_limits))
+
+    def check(self, admission: store.Admission) -> None:
+        """TooManyRequests, precisely, unless the limits admitted the create."""
+        if not admission.took_token:
+            wait = math.ceil((1 - admission.level) / self._rate)
             raise TooManyRequests(
-                f"{pending} uploads are waiting for their bytes; at most {self._max_pending} "
-                "may be open at once: finish or delete some first",
+                f"too many uploads created; at most {self._burst:g} at once and "
+                f"{self._rate * 60:g} per minute",
+                retry_after=wait,
+                limit="create_rate",
+            )
+        if admission.pending >= self._max_pending:
+            raise TooManyRequests(
+                f"{admission.pending} uploads are waiting for their bytes; at most "
+                f"{self._max_pending} may be open at once: finish or delete some first",
                 retry_after=60,
                 limit="pending_uploads",
             )

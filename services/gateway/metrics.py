@@ -40,9 +40,15 @@ class GatewayMetrics:
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+LABEL_CACHE = 1024  # label sets remembered (routes × methods × statuses are few)
 
 
 def metrics_middleware(metrics: GatewayMetrics) -> Callable[..., Awaitable[web.StreamResponse]]:
+    # The labelled children, looked up once per (route, method, status): prometheus'
+    # `labels()` costs more than the rest of the middleware.
+    counters: dict[tuple[str, str, int], Counter] = {}
+    timers: dict[tuple[str, str], Histogram] = {}
+
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         start = time.perf_counter()
@@ -57,7 +63,18 @@ def metrics_middleware(metrics: GatewayMetrics) -> Callable[..., Awaitable[web.S
         finally:
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else "unmatched"
-            metrics.requests.labels(route, request.method, str(status)).inc()
-            metrics.latency.labels(route, request.method).observe(time.perf_counter() - start)
+            method = request.method
+            counter = counters.get((route, method, status))
+            if counter is None:
+                counter = metrics.requests.labels(route, method, str(status))
+                if len(counters) < LABEL_CACHE:
+                    counters[(route, method, status)] = counter
+            timer = timers.get((route, method))
+            if timer is None:
+                timer = metrics.latency.labels(route, method)
+                if len(timers) < LABEL_CACHE:
+                    timers[(route, method)] = timer
+            counter.inc()
+            timer.observe(time.perf_counter() - start)
 
     return middleware

@@ -1,11 +1,11 @@
 """The transactional outbox: public events written with their change, relayed with confirms.
 
-Writing: `NotificationOutbox.add` runs inside `store.transition` / `insert_upload`, in
-the transaction of the status change. It stores the change's `UploadEvent` once for
-the broker (`outbox`) and once per webhook endpoint that subscribed to its type
-(`webhook_deliveries`, see `webhooks`). A change is therefore committed with its
-events or not at all: a crash after the commit loses nothing, and a broker outage
-only delays the stream.
+Writing: `NotificationOutbox.add` runs inside `store.transition` / `insert_upload` /
+`insert_admitted_upload`, in the transaction of the status change. It stores the
+change's `UploadEvent` once for the broker (`outbox`) and once per webhook endpoint
+that subscribed to its type (`webhook_deliveries`, see `webhooks`), in one statement.
+A change is therefore committed with its events or not at all: a crash after the
+commit loses nothing, and a broker outage only delays the stream.
 
 Relaying: `OutboxRelay` (a task of every gateway replica) claims rows with
 `FOR UPDATE SKIP LOCKED`, publishes them to the `notifications_exchange` topic
@@ -53,6 +53,19 @@ APP_ID = "clearance-gateway"
 RETRY_SECONDS = (0.5, 1.0, 2.0, 5.0)
 
 
+# A change's event for the broker and one delivery per subscribed endpoint ($6): one
+# statement, one round trip (the CTE's insert runs whether or not its rows are read).
+_ADD = """
+WITH queued AS (
+    INSERT INTO outbox (event_id, upload_id, routing_key, correlation_id, body)
+    VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING
+)
+INSERT INTO webhook_deliveries (endpoint, event_id, event_type, upload_id, body)
+SELECT unnest($6::text[]), $1, $3, $2, $5
+ON CONFLICT (endpoint, event_id) DO NOTHING
+"""
+
+
 class NotificationOutbox:
     """`store.Outbox`: a change's event for the broker and for each subscribed webhook."""
 
@@ -61,17 +74,15 @@ class NotificationOutbox:
 
     async def add(self, conn: Conn, upload: Upload, entry: TimelineEntry) -> None:
         event = upload_event(upload, entry)
-        body = event.model_dump_json()
         await conn.execute(
-            "INSERT INTO outbox (event_id, upload_id, routing_key, correlation_id, body)"
-            " VALUES ($1, $2, $3, $4, $5) ON CONFLICT (event_id) DO NOTHING",
+            _ADD,
             event.event_id,
             upload.id,
             event.type,
             upload.correlation_id,
-            body,
+            event.model_dump_json(),
+            webhooks.subscribers(self._endpoints, event.type),
         )
-        await webhooks.schedule(conn, self._endpoints, event, body)
 
 
 class OutboxMetrics:

@@ -4,6 +4,9 @@ Only control calls go to storage from the gateway (HEAD, multipart control, dele
 bytes never pass through it. Every call either returns what the caller needs, or
 raises a precise `Problem`: the multipart upload is gone, storage refused a part
 list, or storage could not be reached (503, try again).
+
+The calls on the request path (HEAD and multipart control) are plain signed HTTP
+requests (`s3_requests`); the rare ones (deleting objects) keep the aiobotocore client.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from services.gateway.policy import PartListRefused, PartsGone
+from services.gateway.s3_requests import S3Error, S3Requests, S3Unreachable, UnsafeXml
 from services.gateway.store import Upload
 from shared.problems import Conflict, ServiceUnavailable
-from shared.s3 import error_code, is_not_found
 
 log = logging.getLogger(__name__)
 
@@ -64,43 +67,36 @@ def _answers(call: str, key: str) -> Iterator[None]:
     """Any failure that is not a domain answer means storage is unavailable (503)."""
     try:
         yield
-    except (ClientError, BotoCoreError) as exc:
+    except (ClientError, BotoCoreError, S3Error, S3Unreachable, UnsafeXml) as exc:
         log.warning("storage %s %s failed: %s", call, key, exc)
         raise ServiceUnavailable(UNREACHABLE) from None
 
 
 class Storage:
-    """The gateway's view of one S3 client (built once, at start-up)."""
+    """The gateway's view of storage: signed requests on one pool, and one aiobotocore
+    client for the rest (both built once, at start-up)."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, requests: S3Requests) -> None:
         self.client = client
+        self.requests = requests
 
     async def head(self, bucket: str, key: str) -> StoredObject | None:
         """The object's size and ETag; None if it does not exist."""
         with _answers("HEAD", key):
-            try:
-                head = await self.client.head_object(Bucket=bucket, Key=key)
-            except ClientError as exc:
-                if is_not_found(exc):
-                    return None
-                raise
-        return StoredObject(
-            int(head.get("ContentLength", -1)), unquoted(head.get("ETag", "")) or None
-        )
+            head = await self.requests.head(bucket, key)
+        if head is None:
+            return None
+        size, etag = head
+        return StoredObject(size, unquoted(etag) or None)
 
     async def create_multipart(
         self, bucket: str, key: str, content_type: str, *, metadata: dict[str, str]
     ) -> str:
         """Open a multipart upload (encrypted at rest, with user `metadata`); its id."""
         with _answers("CreateMultipartUpload", key):
-            result = await self.client.create_multipart_upload(
-                Bucket=bucket,
-                Key=key,
-                ContentType=content_type,
-                ServerSideEncryption="AES256",
-                Metadata=metadata,
+            return await self.requests.create_multipart(
+                bucket, key, content_type, metadata=metadata
             )
-        return str(result["UploadId"])
 
     async def parts(self, upload: Upload) -> list[HeldPart]:
         """Every part storage holds (all pages); `PartsGone` if the upload no longer exists."""
@@ -110,47 +106,38 @@ class Storage:
         while True:
             with _answers("ListParts", key):
                 try:
-                    page = await self.client.list_parts(
-                        Bucket=bucket,
-                        Key=key,
-                        UploadId=upload_id,
-                        MaxParts=LIST_PAGE,
-                        PartNumberMarker=marker,
+                    page = await self.requests.list_parts(
+                        bucket, key, upload_id, max_parts=LIST_PAGE, marker=marker
                     )
-                except ClientError as exc:
-                    if is_not_found(exc):
+                except S3Error as exc:
+                    if exc.not_found:
                         raise PartsGone("storage no longer holds this multipart upload") from None
                     raise
             parts.extend(
                 HeldPart(
-                    part_number=int(p["PartNumber"]),
-                    etag=unquoted(str(p["ETag"])),
-                    size=int(p["Size"]),
-                    last_modified=p.get("LastModified"),
+                    part_number=p.part_number,
+                    etag=unquoted(p.etag),
+                    size=p.size,
+                    last_modified=p.last_modified,
                 )
-                for p in page.get("Parts", [])
+                for p in page.parts
             )
-            next_marker = int(page.get("NextPartNumberMarker") or 0)
-            if not page.get("IsTruncated") or next_marker <= marker:
+            if not page.truncated or page.next_marker <= marker:
                 return parts
-            marker = next_marker
+            marker = page.next_marker
 
     async def complete_multipart(self, upload: Upload, parts: Iterable[tuple[int, str]]) -> None:
         """Complete with (part number, ETag) pairs, in order."""
         bucket, key, upload_id = _multipart(upload)
-        listed = [{"PartNumber": n, "ETag": f'"{etag}"'} for n, etag in parts]
         with _answers("CompleteMultipartUpload", key):
             try:
-                await self.client.complete_multipart_upload(
-                    Bucket=bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": listed}
-                )
-            except ClientError as exc:
-                code = error_code(exc)
-                if code in REFUSED_PART_LISTS:
+                await self.requests.complete_multipart(bucket, key, upload_id, parts)
+            except S3Error as exc:
+                if exc.code in REFUSED_PART_LISTS:
                     raise PartListRefused(
-                        f"storage refused to complete the upload: {code}"
+                        f"storage refused to complete the upload: {exc.code}"
                     ) from None
-                if is_not_found(exc):
+                if exc.not_found:
                     raise PartsGone("storage no longer holds this multipart upload") from None
                 raise
 
@@ -159,9 +146,9 @@ class Storage:
         bucket, key, upload_id = _multipart(upload)
         with _answers("AbortMultipartUpload", key):
             try:
-                await self.client.abort_multipart_upload(Bucket=bucket, Key=key, UploadId=upload_id)
-            except ClientError as exc:
-                if not is_not_found(exc):
+                await self.requests.abort_multipart(bucket, key, upload_id)
+            except S3Error as exc:
+                if not exc.not_found:
                     raise
 
     async def delete(self, bucket: str, keys: Iterable[str]) -> None:

@@ -3,7 +3,11 @@
 `transition()` is the single place where an upload changes status: it locks the row,
 applies the state machine, appends a timeline entry keyed by the causing event's id
 (a duplicate is a no-op), writes the change's public event to the outbox and NOTIFYs
-listeners (SSE, the outbox relay, webhooks), all in the same transaction.
+listeners (SSE, the outbox relay, webhooks), all in the same transaction. The move,
+the entry and the NOTIFY are one statement, the outbox's rows a second one: four round
+trips with BEGIN and COMMIT (a create is the same, its owner's limits included). The
+event is built in Python from the row the statement returns (`notifications`), so its
+shape has one definition.
 """
 
 from __future__ import annotations
@@ -111,7 +115,7 @@ class Upload:
         )
 
     @classmethod
-    def from_row(cls, row: asyncpg.Record) -> Upload:
+    def from_row(cls, row: asyncpg.Record | dict[str, Any]) -> Upload:
         values = dict(row)
         values["status"] = Status(values["status"])
         return cls(**values)
@@ -142,37 +146,171 @@ class Outbox(Protocol):
     async def add(self, conn: Conn, upload: Upload, entry: TimelineEntry) -> None: ...
 
 
+# The columns of a new upload, typed: an INSERT ... SELECT infers nothing from them.
+_NEW_ROW = (
+    "$1::uuid, $2::text, $3::text, $4::text, $5::text, $6::bigint, $7::text, $8::text,"
+    " $9::text, $10::text, $11::text, $12::bigint, $13::integer, $14::jsonb, $15::jsonb,"
+    " $16::text, $17::text, $18::timestamptz, $19::timestamptz, $20::timestamptz, $21::jsonb"
+)
+# The first timeline entry and its NOTIFY, from the inserted row (`row`); $22 is the actor.
+_FIRST_ENTRY = f"""
+entry AS (
+    INSERT INTO upload_events (upload_id, status, event_id, actor, detail)
+    SELECT id, status, 'created:' || id::text, $22::text, '{{}}'::jsonb FROM row
+    RETURNING seq, upload_id, status, actor, detail, at
+),
+notify AS (
+    SELECT pg_notify('{NOTIFY_CHANNEL}', upload_id::text || ':' || seq::text) FROM entry
+)"""  # noqa: S608 - constant fragments
+_ENTRY_COLUMNS = "e.seq, e.upload_id, e.status, e.actor, e.detail, e.at"
+
+
+def _admission(owner: str, burst: str, rate: str, statuses: str, cap: str) -> str:
+    """CTEs for an owner's create limits (placeholders given): take a token if there is
+    one (`take` then has a row) and count the uploads still waiting for their bytes.
+    Every CTE sees the same snapshot, so `level` is the bucket before taking."""
+    level = (
+        f"LEAST({burst}::float8,"
+        f" b.tokens + EXTRACT(EPOCH FROM now() - b.updated_at) * {rate}::float8)"
+    )
+    return f"""
+take AS (
+    INSERT INTO owner_buckets AS b (owner, tokens, updated_at)
+    VALUES ({owner}, {burst}::float8 - 1, now())
+    ON CONFLICT (owner) DO UPDATE SET tokens = {level} - 1, updated_at = now()
+    WHERE {level} >= 1
+    RETURNING tokens
+),
+level AS (SELECT {level} AS tokens FROM owner_buckets AS b WHERE owner = {owner}),
+open AS (
+    SELECT count(*) AS n FROM uploads WHERE owner = {owner} AND status = ANY({statuses}::text[])
+),
+admitted AS (SELECT 1 FROM take, open WHERE open.n < {cap}::bigint)"""  # noqa: S608
+
+
+_OUTCOME = (
+    "(SELECT count(*) FROM take) AS took, (SELECT n FROM open) AS pending,"
+    " (SELECT tokens FROM level) AS level, (SELECT count(*) FROM notify) AS notified"
+)
+# Row, first entry and NOTIFY in one statement.
+_INSERT = f"""
+WITH row AS (
+    INSERT INTO uploads ({_COLUMNS}) VALUES ({_NEW_ROW}) RETURNING id, status
+),{_FIRST_ENTRY}
+SELECT {_ENTRY_COLUMNS}, (SELECT count(*) FROM notify) AS notified FROM entry AS e
+"""  # noqa: S608 - constant fragments
+# The same, only if the owner's limits admit it (the token is taken either way, as a
+# refused request still spent it; nothing else is written when refused).
+_INSERT_ADMITTED = f"""
+WITH {_admission("$2", "$23", "$24", "$25", "$26")},
+row AS (
+    INSERT INTO uploads ({_COLUMNS}) SELECT {_NEW_ROW} FROM admitted RETURNING id, status
+),{_FIRST_ENTRY}
+SELECT {_ENTRY_COLUMNS}, {_OUTCOME} FROM (SELECT 1) AS one LEFT JOIN entry AS e ON true
+"""  # noqa: S608 - constant fragments
+# Only the limits (for a multipart create, before storage is asked to open one).
+_ADMIT = (
+    f"WITH {_admission('$1', '$2', '$3', '$4', '$5')}"  # noqa: S608 - constant fragments
+    " SELECT (SELECT count(*) FROM take) AS took,"
+    " (SELECT n FROM open) AS pending, (SELECT tokens FROM level) AS level"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CreateLimits:
+    """An owner's create rate (a token bucket) and cap on uploads not yet landed."""
+
+    burst: float
+    rate: float  # tokens per second
+    max_pending: int
+    open_statuses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """What the owner's limits said about one create."""
+
+    took_token: bool
+    pending: int  # uploads of the owner not yet landed, before this one
+    level: float  # tokens in the bucket before this create
+    entry: TimelineEntry | None  # the new upload's first entry; None if nothing was written
+
+    @property
+    def admitted(self) -> bool:
+        return self.took_token and self.entry is not None
+
+
+def _row_args(upload: Upload) -> tuple[Any, ...]:
+    return (
+        upload.id,
+        upload.owner,
+        upload.profile,
+        upload.filename,
+        upload.content_type,
+        upload.size,
+        upload.sha256,
+        upload.bucket,
+        upload.key,
+        upload.status.value,
+        upload.multipart_upload_id,
+        upload.part_size,
+        upload.part_count,
+        upload.detected,
+        upload.thumbnails,
+        upload.reason,
+        upload.correlation_id,
+        upload.created_at,
+        upload.updated_at,
+        upload.expires_at,
+        upload.metadata,
+    )
+
+
+def _limit_args(limits: CreateLimits) -> tuple[Any, ...]:
+    return (limits.burst, limits.rate, list(limits.open_statuses), limits.max_pending)
+
+
 async def insert_upload(conn: Conn, upload: Upload, *, actor: str, outbox: Outbox) -> TimelineEntry:
-    """Record a new upload, its first timeline entry and its event atomically."""
+    """Record a new upload, its first timeline entry (+ NOTIFY) and its event atomically."""
     async with conn.transaction():
-        await conn.execute(
-            f"INSERT INTO uploads ({_COLUMNS}) VALUES"  # noqa: S608 - constant column list
-            " ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,$15,$16,$17,$18,$19,$20,$21)",
-            upload.id,
-            upload.owner,
-            upload.profile,
-            upload.filename,
-            upload.content_type,
-            upload.size,
-            upload.sha256,
-            upload.bucket,
-            upload.key,
-            upload.status.value,
-            upload.multipart_upload_id,
-            upload.part_size,
-            upload.part_count,
-            upload.detected,
-            upload.thumbnails,
-            upload.reason,
-            upload.correlation_id,
-            upload.created_at,
-            upload.updated_at,
-            upload.expires_at,
-            upload.metadata,
-        )
-        entry = await _append(conn, upload.id, upload.status, f"created:{upload.id}", actor, {})
+        row = await conn.fetchrow(_INSERT, *_row_args(upload), actor)
+        assert row is not None
+        entry = _entry(row)
         await outbox.add(conn, upload, entry)
         return entry
+
+
+async def insert_admitted_upload(
+    conn: Conn, upload: Upload, *, actor: str, outbox: Outbox, limits: CreateLimits
+) -> Admission:
+    """`insert_upload` if the owner's create limits admit it, in the same statement.
+
+    The transaction commits either way: a refused create still spent its token.
+    """
+    async with conn.transaction():
+        row = await conn.fetchrow(_INSERT_ADMITTED, *_row_args(upload), actor, *_limit_args(limits))
+        assert row is not None
+        entry = _entry(row) if row["seq"] is not None else None
+        if entry is not None:
+            await outbox.add(conn, upload, entry)
+    return Admission(
+        took_token=row["took"] > 0,
+        pending=row["pending"],
+        level=float(row["level"] if row["level"] is not None else limits.burst),
+        entry=entry,
+    )
+
+
+async def admit(conn: Queryable, owner: str, limits: CreateLimits) -> Admission:
+    """Only the owner's create limits (a token is taken if there is one)."""
+    row = await conn.fetchrow(_ADMIT, owner, *_limit_args(limits))
+    assert row is not None
+    return Admission(
+        took_token=row["took"] > 0,
+        pending=row["pending"],
+        level=float(row["level"] if row["level"] is not None else limits.burst),
+        entry=None,
+    )
 
 
 async def get_upload(
@@ -259,32 +397,49 @@ def _entry(row: asyncpg.Record) -> TimelineEntry:
     )
 
 
-async def _append(
-    conn: Conn,
-    upload_id: uuid.UUID,
-    status: Status,
-    event_id: str,
-    actor: str,
-    detail: dict[str, Any],
-) -> TimelineEntry:
-    row = await conn.fetchrow(
-        "INSERT INTO upload_events (upload_id, status, event_id, actor, detail)"
-        " VALUES ($1, $2, $3, $4, $5) RETURNING seq, upload_id, status, actor, detail, at",
-        upload_id,
-        status.value,
-        event_id,
-        actor,
-        detail,
-    )
-    assert row is not None
-    await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{upload_id}:{row['seq']}")
-    return _entry(row)
-
-
 @dataclass(frozen=True, slots=True)
 class TransitionResult:
     upload: Upload
     entry: TimelineEntry | None  # None when nothing changed (duplicate, late or backward)
+
+
+# A move in one statement: the UPDATE takes the row lock and (re)checks, after any
+# wait, that the current status may move to the target; the entry and its NOTIFY
+# follow from the moved row. {sets} are fixed column fragments; $3 lists the statuses
+# the state machine allows the move from.
+_MOVE = """
+WITH moved AS (
+    UPDATE uploads SET status = $2, updated_at = now(){sets}
+    WHERE id = $1 AND status = ANY($3::text[])
+    RETURNING {columns}
+),
+entry AS (
+    INSERT INTO upload_events (upload_id, status, event_id, actor, detail)
+    SELECT id, status, $4::text, $5::text, $6::jsonb FROM moved
+    RETURNING seq, at
+),
+notify AS (
+    SELECT pg_notify('{channel}', $1::text || ':' || seq::text) FROM entry
+)
+SELECT m.*, e.seq AS entry_seq, e.at AS entry_at, (SELECT count(*) FROM notify) AS notified
+FROM moved AS m, entry AS e
+"""
+_UPLOAD_FIELDS = tuple(c.strip() for c in _COLUMNS.split(","))
+_ALLOWED_COLUMNS = frozenset(
+    {
+        "detected",
+        "thumbnails",
+        "reason",
+        "multipart_upload_id",
+        "expires_at",
+        "size",  # uploads that declared none (Uppy's POST policy) get the landed size
+    }
+)
+
+
+def _moves_from(to: Status) -> list[str]:
+    """The statuses the state machine allows a move to `to` from."""
+    return [s.value for s in Status if can_transition(s, to)]
 
 
 async def transition(
@@ -302,43 +457,34 @@ async def transition(
 
     `updates` sets extra columns (e.g. detected, thumbnails, reason) with the move.
     The move's event goes to `outbox` in the same transaction: committed together or
-    not at all.
+    not at all. The move itself (row lock, state check, update, timeline entry, NOTIFY)
+    is one statement; when nothing moved, a second one reads the upload as it stands.
     """
-    allowed_columns = {
-        "detected",
-        "thumbnails",
-        "reason",
-        "multipart_upload_id",
-        "expires_at",
-        "size",  # uploads that declared none (Uppy's POST policy) get the landed size
-    }
     updates = updates or {}
-    if not set(updates) <= allowed_columns:
-        raise ValueError(f"cannot update {set(updates) - allowed_columns}")
+    if not set(updates) <= _ALLOWED_COLUMNS:
+        raise ValueError(f"cannot update {set(updates) - _ALLOWED_COLUMNS}")
+    args: list[Any] = [upload_id, to.value, _moves_from(to), event_id, actor, detail or {}]
+    sets = ""
+    for column, value in sorted(updates.items()):
+        args.append(value)
+        sets += f", {column} = ${len(args)}"
+    query = _MOVE.format(sets=sets, columns=_COLUMNS, channel=NOTIFY_CHANNEL)
     async with pool.acquire() as conn, conn.transaction():
-        row = await conn.fetchrow(
-            f"SELECT {_COLUMNS} FROM uploads WHERE id = $1 FOR UPDATE",  # noqa: S608
-            upload_id,
-        )
+        row = await conn.fetchrow(query, *args)
         if row is None:
-            return None
-        upload = Upload.from_row(row)
-        if not can_transition(upload.status, to):
-            return TransitionResult(upload, None)
-        sets = ["status = $2", "updated_at = now()"]
-        args: list[Any] = [upload_id, to.value]
-        for column, value in updates.items():
-            args.append(value)
-            sets.append(f"{column} = ${len(args)}")
-        row = await conn.fetchrow(
-            f"UPDATE uploads SET {', '.join(sets)} WHERE id = $1 RETURNING {_COLUMNS}",  # noqa: S608
-            *args,
+            current = await get_upload(conn, upload_id)
+            return None if current is None else TransitionResult(current, None)
+        upload = Upload.from_row({name: row[name] for name in _UPLOAD_FIELDS})
+        entry = TimelineEntry(
+            seq=row["entry_seq"],
+            upload_id=upload_id,
+            status=to,
+            actor=actor,
+            detail=detail or {},
+            at=row["entry_at"],
         )
-        assert row is not None
-        moved = Upload.from_row(row)
-        entry = await _append(conn, upload_id, to, event_id, actor, detail or {})
-        await outbox.add(conn, moved, entry)
-        return TransitionResult(moved, entry)
+        await outbox.add(conn, upload, entry)
+        return TransitionResult(upload, entry)
 
 
 async def delete_upload(pool: asyncpg.Pool[Any], upload_id: uuid.UUID) -> None:

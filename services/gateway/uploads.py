@@ -149,7 +149,6 @@ class UploadService:
         except (PolicyRefused, MetadataRefused):
             self.metrics.uploads_created.labels(name, "rejected").inc()
             raise
-        await self.limits.admit_create(owner)
         part_size = part_count = None
         if size is not None:
             multipart = uses_multipart(policy, declared.size)
@@ -160,6 +159,8 @@ class UploadService:
         bucket = self.settings.bucket
         mpu_id = None
         if multipart:
+            # Admitted before storage opens anything: a refused create costs it nothing.
+            await self.limits.admit_create(owner)
             mpu_id = await self.storage.create_multipart(
                 bucket, key, declared.content_type, metadata={PROFILE_METADATA: name}
             )
@@ -181,7 +182,18 @@ class UploadService:
             metadata=app_metadata,
         )
         async with self.pool.acquire() as conn:
-            await store.insert_upload(conn, upload, actor="gateway", outbox=self.outbox)
+            if multipart:
+                await store.insert_upload(conn, upload, actor="gateway", outbox=self.outbox)
+            else:  # limits, row, first entry and NOTIFY: one statement
+                self.limits.check(
+                    await store.insert_admitted_upload(
+                        conn,
+                        upload,
+                        actor="gateway",
+                        outbox=self.outbox,
+                        limits=self.limits.create_limits,
+                    )
+                )
         self.metrics.uploads_created.labels(name, "created").inc()
         return upload
 

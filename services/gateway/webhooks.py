@@ -61,11 +61,16 @@ MIN_WAIT_SECONDS = 0.02
 REPLAY_NOTIFY = "webhooks:replay"
 
 
+def subscribers(endpoints: Iterable[WebhookEndpoint], event_type: str) -> list[str]:
+    """The names of the endpoints that subscribed to `event_type`."""
+    return [e.name for e in endpoints if e.wants(event_type)]
+
+
 async def schedule(
     conn: Conn, endpoints: Iterable[WebhookEndpoint], event: UploadEvent, body: str
 ) -> None:
     """One delivery per endpoint that subscribed to the event's type (in the change's txn)."""
-    names = [e.name for e in endpoints if e.wants(event.type)]
+    names = subscribers(endpoints, event.type)
     if not names:
         return
     await conn.execute(

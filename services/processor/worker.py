@@ -134,13 +134,10 @@ class Processor:
             raise Reject(f"the processor does not handle {event.type}")
         ensure_upload_object(self._settings, event.bucket, event.key, event.upload_id)
         extra = {"upload_id": str(event.upload_id), "correlation_id": event.correlation_id}
-        try:
-            head = await self._s3.head_object(Bucket=event.bucket, Key=event.key)
-        except ClientError as exc:
-            if is_not_found(exc):
-                log.info("object %s is gone; nothing to process", event.key, extra=extra)
-                return
-            raise Retry(f"storage HEAD failed: {exc}") from exc
+        head = await self._head(event)
+        if head is None:
+            log.info("object %s is gone; nothing to process", event.key, extra=extra)
+            return
         etag = str(head.get("ETag", "")).strip('"')
         if event.etag and etag != event.etag:
             raise Reject("the object changed after it was scanned")
@@ -204,11 +201,15 @@ class Processor:
                 )
             ]
 
-        await self._keep_verified(event, etag, served, head)
-        thumbnails: list[Thumbnail] = []
+        # The verified copy and the thumbnails are independent writes: sent together
+        # (the result is recorded in the ledger only once every one of them is stored).
+        derivatives = outcome.derivatives if isinstance(outcome, MediaReport | ImageReport) else []
+        _, thumbnails = await asyncio.gather(
+            self._keep_verified(event, etag, served, head),
+            self._write_thumbnails(event, derivatives),
+        )
         metadata: dict[str, Any]
         if isinstance(outcome, MediaReport):
-            thumbnails = await self._write_thumbnails(event, outcome.derivatives)
             metadata = {
                 "type": outcome.detected_type,
                 "size": size,
@@ -225,7 +226,6 @@ class Processor:
                 extra=extra,
             )
         elif isinstance(outcome, ImageReport):
-            thumbnails = await self._write_thumbnails(event, outcome.derivatives)
             metadata = {
                 "type": outcome.detected_type,
                 "size": size,
@@ -261,6 +261,16 @@ class Processor:
         PROCESS_SECONDS.observe(time.perf_counter() - started)
         log.info("ready (%d thumbnails, %.0f ms)", len(thumbnails), duration_ms, extra=extra)
         return [done]
+
+    async def _head(self, event: ScanClean) -> dict[str, Any] | None:
+        """The object's HEAD; None if it is gone."""
+        try:
+            head: dict[str, Any] = await self._s3.head_object(Bucket=event.bucket, Key=event.key)
+        except ClientError as exc:
+            if is_not_found(exc):
+                return None
+            raise Retry(f"storage HEAD failed: {exc}") from exc
+        return head
 
     async def _keep_verified(
         self, event: ScanClean, etag: str, served: bytes | None, head: dict[str, Any]
@@ -434,20 +444,23 @@ class Processor:
     async def _write_thumbnails(
         self, event: ScanClean, derivatives: list[Derivative]
     ) -> list[Thumbnail]:
-        written = []
-        for derivative in derivatives:
-            key = thumbnail_key(event.key, derivative.size)
-            await self._put(key, derivative.data, derivative.content_type)
-            written.append(
-                Thumbnail(
-                    size=derivative.size,
-                    key=key,
-                    width=derivative.width,
-                    height=derivative.height,
-                    content_type=derivative.content_type,
-                    bytes=len(derivative.data),
-                )
+        written = [
+            Thumbnail(
+                size=d.size,
+                key=thumbnail_key(event.key, d.size),
+                width=d.width,
+                height=d.height,
+                content_type=d.content_type,
+                bytes=len(d.data),
             )
+            for d in derivatives
+        ]
+        await asyncio.gather(
+            *(
+                self._put(t.key, d.data, d.content_type)
+                for t, d in zip(written, derivatives, strict=True)
+            )
+        )
         return written
 
     async def _put(

@@ -14,6 +14,7 @@ nor an upload whose verdict is lost with the object it was about.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -92,16 +93,30 @@ class Scanner:
     async def _scan(self, event: ObjectCreated, etag: str) -> list[Event]:
         """Scan the version `etag` of the object; return the verdict to record and publish."""
         extra = {"upload_id": str(event.upload_id), "correlation_id": event.correlation_id}
-        await self._publish(
-            ScanStarted(
-                event_id=scan_started_id(event.upload_id, event.key),
-                upload_id=event.upload_id,
-                correlation_id=event.correlation_id,
-                bucket=event.bucket,
-                key=event.key,
-                producer="scanner",
+        # The broker's confirm of `scan.started` (a quorum-queue write) is awaited while
+        # the object streams into clamd, not before: every verdict is published only
+        # after it, on the same channel, so the recorder still sees them in order.
+        announce = asyncio.create_task(
+            self._publish(
+                ScanStarted(
+                    event_id=scan_started_id(event.upload_id, event.key),
+                    upload_id=event.upload_id,
+                    correlation_id=event.correlation_id,
+                    bucket=event.bucket,
+                    key=event.key,
+                    producer="scanner",
+                )
             )
         )
+        try:
+            verdict = await self._verdict(event, etag, extra)
+            await announce
+            return verdict
+        finally:
+            # A failure above is the handler's outcome (retried, re-announced by id).
+            await asyncio.gather(announce, return_exceptions=True)
+
+    async def _verdict(self, event: ObjectCreated, etag: str, extra: dict[str, str]) -> list[Event]:
         if event.size > self._clamd.max_bytes:
             return [
                 self._failed(

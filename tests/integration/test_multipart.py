@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError
 
 from services.gateway.appkeys import POOL, S3, UPLOADS
 from services.gateway.reconciler import Reconciler
+from shared.keys import PROFILE_METADATA
 from shared.settings import MiB, Settings
 from tests.support import Uploads, mp4_like
 
@@ -92,7 +93,12 @@ def mp(uploads: Uploads) -> Multipart:
 
 
 async def test_a_120_mib_file_goes_to_ready_in_parallel_parts(
-    mp: Multipart, uploads: Uploads, workers: None, http: ClientSession
+    mp: Multipart,
+    uploads: Uploads,
+    workers: None,
+    http: ClientSession,
+    gateway_app: web.Application,
+    settings: Settings,
 ) -> None:
     data = mp4_like(120 * MiB)
     created = await mp.create(len(data))
@@ -116,6 +122,9 @@ async def test_a_120_mib_file_goes_to_ready_in_parallel_parts(
     record = await uploads.wait_final(created["id"])
     assert record["status"] == "ready", record
     assert record["detected"]["sha256"] == hashlib.sha256(data).hexdigest()
+    # The (header-signed) multipart create gave the object its profile, as a PUT does.
+    head = await gateway_app[S3].head_object(Bucket=settings.bucket, Key=created["key"])
+    assert head["Metadata"] == {PROFILE_METADATA: "media"}
     async with http.get(
         f"{uploads.gateway}/v1/uploads/{created['id']}/download",
         headers=uploads.headers,

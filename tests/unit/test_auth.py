@@ -72,3 +72,48 @@ def test_required_claims(claims: dict[str, object]) -> None:
     token = jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")
     with pytest.raises(Unauthorized):
         TokenVerifier(settings).owner(f"Bearer {token}")
+
+
+def test_a_verified_token_is_remembered_until_it_expires_exactly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings()
+    verifier = TokenVerifier(settings)
+    token = mint_token(settings, "alice", ttl_seconds=60)
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    assert verifier.owner(f"Bearer {token}") == "alice"
+    decoded: list[str] = []
+    real_decode = jwt.decode
+
+    def counting(*args: object, **kwargs: object) -> object:
+        decoded.append("x")
+        return real_decode(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(jwt, "decode", counting)
+    clock = [exp - 0.001]
+    monkeypatch.setattr(time, "time", lambda: clock[0])
+    assert verifier.owner(f"bearer  {token} ") == "alice"
+    assert decoded == []  # from the cache
+    # PyJWT: expired once now >= exp. At that instant the cache no longer answers: the
+    # token is verified in full again (PyJWT reads its own clock, still before exp here).
+    clock[0] = exp
+    assert verifier.owner(f"Bearer {token}") == "alice"
+    assert decoded == ["x"]
+
+
+def test_refusals_are_never_remembered_and_the_cache_is_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from services.gateway import auth
+
+    monkeypatch.setattr(auth, "CACHED_TOKENS", 3)
+    settings = Settings()
+    verifier = TokenVerifier(settings)
+    bad = jwt.encode({"sub": "x", "exp": int(time.time()) + 60}, "w" * 32, algorithm="HS256")
+    for _ in range(2):
+        with pytest.raises(Unauthorized, match="invalid token"):
+            verifier.owner(f"Bearer {bad}")
+    tokens = [mint_token(settings, f"user-{i}") for i in range(5)]
+    for i, token in enumerate(tokens):
+        assert verifier.owner(f"Bearer {token}") == f"user-{i}"
+    assert len(verifier._verified) == 3

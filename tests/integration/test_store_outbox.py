@@ -1,0 +1,219 @@
+"""The one-statement create and status move write their public event in the same
+transaction: a change is committed with its outbox row and webhook deliveries, a
+refused create writes no event (only the token it spent), and an event that cannot be
+written undoes the change.
+
+A database of its own: no gateway of the suite drains this outbox meanwhile.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from services.gateway import store
+from services.gateway.notifications import UploadEvent
+from services.gateway.outbox import NotificationOutbox
+from shared.db import create_pool, migrate
+from shared.settings import Settings, WebhookEndpoint
+from shared.status import BEFORE_LANDING, Status
+from tests.conftest import TEST_DB
+
+pytestmark = pytest.mark.integration
+
+STORE_DB = f"{TEST_DB}_store"
+SECRET = "whsec_" + base64.b64encode(b"store-outbox-test-webhook-secret").decode()
+
+
+@pytest.fixture(scope="module")
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool[Any]]:
+    base = settings.database_url.rsplit("/", 1)[0]
+    admin = await asyncpg.connect(f"{base}/postgres")
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{STORE_DB}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{STORE_DB}"')
+        await migrate(f"{base}/{STORE_DB}")
+        pool = await create_pool(f"{base}/{STORE_DB}")
+        try:
+            yield pool
+        finally:
+            await pool.close()
+            await admin.execute(f'DROP DATABASE "{STORE_DB}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+def outbox(settings: Settings) -> NotificationOutbox:
+    """Every event to `all`, only `upload.ready` to `ready`."""
+    return NotificationOutbox(
+        settings.model_copy(
+            update={
+                "webhooks": (
+                    WebhookEndpoint(name="all", url="http://127.0.0.1:9/a", secret=SECRET),  # type: ignore[arg-type]
+                    WebhookEndpoint(
+                        name="ready",
+                        url="http://127.0.0.1:9/r",
+                        secret=SECRET,  # type: ignore[arg-type]
+                        events=("upload.ready",),
+                    ),
+                )
+            }
+        )
+    )
+
+
+def pending(owner: str, **changes: Any) -> store.Upload:
+    upload_id = uuid.uuid4()
+    return store.Upload.pending(
+        id=upload_id,
+        owner=owner,
+        profile="image",
+        filename="a.jpg",
+        content_type="image/jpeg",
+        size=100,
+        bucket="b",
+        key=f"uploads/{owner}/{upload_id}",
+        ttl_seconds=60,
+        correlation_id="req-1",
+        **changes,
+    )
+
+
+def limits(burst: float) -> store.CreateLimits:
+    return store.CreateLimits(
+        burst=burst,
+        rate=0.001,
+        max_pending=10,
+        open_statuses=tuple(s.value for s in BEFORE_LANDING),
+    )
+
+
+async def events_of(pool: asyncpg.Pool[Any], upload_id: uuid.UUID) -> list[UploadEvent]:
+    rows = await pool.fetch("SELECT body FROM outbox WHERE upload_id = $1 ORDER BY id", upload_id)
+    return [UploadEvent.model_validate_json(r["body"]) for r in rows]
+
+
+async def deliveries_of(pool: asyncpg.Pool[Any], upload_id: uuid.UUID) -> list[tuple[str, str]]:
+    rows = await pool.fetch(
+        "SELECT endpoint, event_type FROM webhook_deliveries WHERE upload_id = $1 ORDER BY id",
+        upload_id,
+    )
+    return [(r["endpoint"], r["event_type"]) for r in rows]
+
+
+async def test_an_admitted_create_writes_its_event_and_a_refused_one_none(
+    pool: asyncpg.Pool[Any], outbox: NotificationOutbox
+) -> None:
+    owner = uuid.uuid4().hex
+    first = pending(owner, metadata={"order": "42"})
+    async with pool.acquire() as conn:
+        admitted = await store.insert_admitted_upload(
+            conn, first, actor="gateway", outbox=outbox, limits=limits(1)
+        )
+        refused = pending(owner)
+        spent = await store.insert_admitted_upload(
+            conn, refused, actor="gateway", outbox=outbox, limits=limits(1)
+        )
+    assert admitted.admitted
+    assert admitted.entry is not None
+    [event] = await events_of(pool, first.id)
+    assert (event.type, event.status, event.metadata) == (
+        "upload.pending",
+        Status.PENDING,
+        {"order": "42"},
+    )
+    assert event.timeline_entry.seq == admitted.entry.seq
+    assert await deliveries_of(pool, first.id) == [("all", "upload.pending")]
+
+    assert not spent.took_token
+    assert spent.entry is None
+    assert await store.get_upload(pool, refused.id) is None
+    assert await events_of(pool, refused.id) == []
+    assert await deliveries_of(pool, refused.id) == []
+    level = await pool.fetchval("SELECT tokens FROM owner_buckets WHERE owner = $1", owner)
+    assert level < 1  # the first create took the only token; the refused one found none
+
+
+async def test_a_move_writes_the_moved_upload_as_its_event_once(
+    pool: asyncpg.Pool[Any], outbox: NotificationOutbox
+) -> None:
+    upload = pending(uuid.uuid4().hex, metadata={"k": "v"})
+    async with pool.acquire() as conn:
+        await store.insert_upload(conn, upload, actor="gateway", outbox=outbox)
+    thumbs = [{"size": 256, "width": 256, "height": 200, "key": f"{upload.key}.t256.webp"}]
+    for to, updates in [
+        (Status.UPLOADED, {"size": 99}),
+        (Status.SCANNING, {}),
+        (Status.PROCESSING, {}),
+        (Status.READY, {"thumbnails": thumbs, "detected": {"type": "image/jpeg"}}),
+    ]:
+        moved = await store.transition(
+            pool,
+            upload.id,
+            to=to,
+            event_id=f"e-{to.value}",
+            actor="t",
+            outbox=outbox,
+            updates=updates,
+        )
+        assert moved is not None
+        assert moved.entry is not None
+        assert moved.upload.status is to
+    again = await store.transition(
+        pool, upload.id, to=Status.SCANNING, event_id="late", actor="t", outbox=outbox
+    )
+    assert again is not None
+    assert again.entry is None
+    assert again.upload.status is Status.READY
+
+    events = await events_of(pool, upload.id)
+    assert [e.type for e in events] == [
+        "upload.pending",
+        "upload.uploaded",
+        "upload.scanning",
+        "upload.processing",
+        "upload.ready",
+    ]
+    ready = events[-1]
+    assert (ready.size, ready.metadata, ready.detected and ready.detected.type) == (
+        99,
+        {"k": "v"},
+        "image/jpeg",
+    )
+    assert [t.key for t in ready.thumbnails] == [thumbs[0]["key"]]
+    seqs = [e.seq for e in await store.timeline(pool, upload.id)]
+    assert [e.timeline_entry.seq for e in events] == seqs
+    assert ("ready", "upload.ready") in await deliveries_of(pool, upload.id)
+
+
+class BrokenOutbox:
+    async def add(self, conn: Any, upload: store.Upload, entry: store.TimelineEntry) -> None:
+        raise RuntimeError("the event could not be written")
+
+
+async def test_a_change_whose_event_cannot_be_written_is_not_committed(
+    pool: asyncpg.Pool[Any], outbox: NotificationOutbox
+) -> None:
+    upload = pending(uuid.uuid4().hex)
+    async with pool.acquire() as conn:
+        with pytest.raises(RuntimeError):
+            await store.insert_admitted_upload(
+                conn, upload, actor="gateway", outbox=BrokenOutbox(), limits=limits(5)
+            )
+        assert await store.get_upload(conn, upload.id) is None
+        await store.insert_upload(conn, upload, actor="gateway", outbox=outbox)
+    with pytest.raises(RuntimeError):
+        await store.transition(
+            pool, upload.id, to=Status.UPLOADED, event_id="e", actor="t", outbox=BrokenOutbox()
+        )
+    still = await store.get_upload(pool, upload.id)
+    assert still is not None
+    assert still.status is Status.PENDING
+    assert [e.status for e in await store.timeline(pool, upload.id)] == [Status.PENDING]
+    assert [e.type for e in await events_of(pool, upload.id)] == ["upload.pending"]
