@@ -96,7 +96,14 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     if workers > 1:
         return supervise(workers, host, port)
     _use_uvloop()
-    serve(settings, host, port, index=args.worker_index, reuse_port=args.reuse_port)
+    serve(
+        settings,
+        host,
+        port,
+        index=args.worker_index,
+        reuse_port=args.reuse_port,
+        supervisor=args.supervisor,
+    )
     return 0
 
 
@@ -203,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--supervisor", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_gateway)
 
     p = sub.add_parser("relay", help="run the storage-notification relay (webhooks → RabbitMQ)")

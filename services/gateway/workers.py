@@ -8,13 +8,15 @@ runs the outbox relay and the webhook dispatcher, as every replica does (their c
 skip each other's rows). The supervisor
 forwards SIGTERM/SIGINT to every worker and waits for them; when one worker ends on its
 own, it stops the others and exits with that worker's code, so whatever supervises the
-gateway (the local stack, compose, systemd) restarts it whole.
+gateway (the local stack, compose, systemd) restarts it whole. A supervisor killed with
+`kill -9` takes its workers with it (`shared.lifeline`): none is left holding the port.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -24,6 +26,7 @@ from types import FrameType
 from aiohttp import web
 
 from services.gateway.app import create_app
+from shared.lifeline import die_with
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,8 +50,18 @@ def freeze_after_start(app: web.Application) -> None:
     app.on_startup.append(freeze)
 
 
-def serve(settings: Settings, host: str, port: int, *, index: int, reuse_port: bool) -> None:
-    """Run one gateway process until SIGTERM/SIGINT."""
+def serve(
+    settings: Settings,
+    host: str,
+    port: int,
+    *,
+    index: int,
+    reuse_port: bool,
+    supervisor: int | None = None,
+) -> None:
+    """Run one gateway process until SIGTERM/SIGINT (or until `supervisor` ends)."""
+    if supervisor is not None:
+        die_with(supervisor)
     app = create_app(settings, with_recorder=index == 0, with_reconciler=index == 0)
     freeze_after_start(app)
     web.run_app(
@@ -76,6 +89,7 @@ def supervise(workers: int, host: str, port: int) -> int:
                 "--workers=1",
                 f"--worker-index={index}",
                 "--reuse-port",
+                f"--supervisor={os.getpid()}",
             ]
         )
         for index in range(workers)

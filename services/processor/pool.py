@@ -30,7 +30,7 @@ from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Any, TypeVar
 
-from services.processor.lifeline import die_with
+from shared.lifeline import die_with
 
 log = logging.getLogger(__name__)
 

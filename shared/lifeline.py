@@ -1,4 +1,5 @@
-"""Pool processes end with the processor that started them, even after a `kill -9`.
+"""Child processes end with the process that started them, even after a `kill -9`:
+the processor's pool processes, the gateway's workers under `--workers N`.
 
 Measured with a `ProcessPoolExecutor` (forkserver and spawn alike): when the parent
 is SIGKILLed, its pool workers block on their call queue forever (each holds a
