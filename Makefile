@@ -67,6 +67,7 @@ check: lint typecheck
 
 ## bench: speed goals, printed as ratios against baselines measured in the same run
 bench: setup
+	@deploy/debian-packages.sh run test bench
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python bench/presign.py
 	$(BIN)/python bench/gateway.py

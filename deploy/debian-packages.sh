@@ -13,6 +13,8 @@
 #   deploy  the compose deployment's private engine (deploy/engine.sh): Docker's
 #           daemon and client, debootstrap for the base image where no registry is
 #           reachable, ip and nsenter for its network namespace
+#   bench   `make bench`: wrk (HTTP load), poppler-utils (pdftoppm, a baseline of
+#           bench/media.py), npm (stock Uppy Companion for bench/gateway.py)
 #
 # Installing docker.io on a machine that runs services (systemd) starts Docker's own
 # daemon there, which then adds its bridge and firewall rules to the host; the deploy
@@ -25,7 +27,7 @@ if [[ ${1:-} == --check ]]; then
   check_only=1
   shift
 fi
-(($#)) || { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+(($#)) || { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 
 missing=()
 want() { # PACKAGE [COMMAND|PATH]: add PACKAGE unless the command or path is there
@@ -56,7 +58,12 @@ for group in "$@"; do
       want iproute2 ip
       want util-linux nsenter
       ;;
-    *) echo "debian-packages: unknown group '$group' (run, test, deploy)" >&2; exit 2 ;;
+    bench)
+      want wrk wrk
+      want poppler-utils pdftoppm
+      want npm npm
+      ;;
+    *) echo "debian-packages: unknown group '$group' (run, test, deploy, bench)" >&2; exit 2 ;;
   esac
 done
 
