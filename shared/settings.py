@@ -249,6 +249,8 @@ class Settings(BaseSettings):
     notifications_amqp_url: str | None = None
     outbox_batch_size: int = Field(default=500, ge=1, le=10_000)
     outbox_poll_seconds: float = Field(default=2.0, gt=0, le=300)
+    # After a wake-up, wait this long so that changes committed meanwhile share the pass.
+    outbox_linger_seconds: float = Field(default=0.01, ge=0, le=1)
     outbox_publish_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
 
     # Webhooks: signed POSTs of the same events to operator-configured endpoints, e.g.

@@ -5,9 +5,14 @@ applies the state machine, appends a timeline entry keyed by the causing event's
 (a duplicate is a no-op), writes the change's public event to the outbox and NOTIFYs
 listeners (SSE, the outbox relay, webhooks), all in the same transaction. The move,
 the entry and the NOTIFY are one statement, the outbox's rows a second one: four round
-trips with BEGIN and COMMIT (a create is the same, its owner's limits included). The
-event is built in Python from the row the statement returns (`notifications`), so its
-shape has one definition.
+trips with BEGIN and COMMIT. The event is built in Python from the row the statement
+returns (`notifications`), so its shape has one definition.
+
+A create is one statement and one round trip, its owner's limits, its event and its
+webhook deliveries included: everything in the new upload's event is known before the
+write but for the two values the database assigns, the first entry's `seq` and the
+event id made from it, which the statement fills into the Python-built body
+(`EventDraft`).
 """
 
 from __future__ import annotations
@@ -140,10 +145,28 @@ class TimelineEntry:
         }
 
 
+# In a draft's body, the first entry's seq (the database fills in the real one).
+DRAFT_SEQ = -1
+
+
+@dataclass(frozen=True, slots=True)
+class EventDraft:
+    """A new upload's event before its write: the body is the event's JSON with
+    `event_id` first and `"timeline_entry":{"seq":DRAFT_SEQ,` in it."""
+
+    routing_key: str
+    body: str
+    subscribers: list[str]  # the webhook endpoints that want it
+
+
 class Outbox(Protocol):
     """Writes the public event of a change, inside the change's transaction."""
 
     async def add(self, conn: Conn, upload: Upload, entry: TimelineEntry) -> None: ...
+
+    def draft(self, upload: Upload, actor: str) -> EventDraft:
+        """The event of creating `upload` (its first entry's `at` is `created_at`)."""
+        ...
 
 
 # The columns of a new upload, typed: an INSERT ... SELECT infers nothing from them.
@@ -155,14 +178,41 @@ _NEW_ROW = (
 # The first timeline entry and its NOTIFY, from the inserted row (`row`); $22 is the actor.
 _FIRST_ENTRY = f"""
 entry AS (
-    INSERT INTO upload_events (upload_id, status, event_id, actor, detail)
-    SELECT id, status, 'created:' || id::text, $22::text, '{{}}'::jsonb FROM row
+    INSERT INTO upload_events (upload_id, status, event_id, actor, detail, at)
+    SELECT id, status, 'created:' || id::text, $22::text, '{{}}'::jsonb, $18 FROM row
     RETURNING seq, upload_id, status, actor, detail, at
 ),
 notify AS (
     SELECT pg_notify('{NOTIFY_CHANNEL}', upload_id::text || ':' || seq::text) FROM entry
 )"""  # noqa: S608 - constant fragments
 _ENTRY_COLUMNS = "e.seq, e.upload_id, e.status, e.actor, e.detail, e.at"
+
+
+def _first_event(routing_key: str, body: str, subscribers: str) -> str:
+    """CTEs writing the new upload's event (an `EventDraft`, placeholders given) to the
+    outbox and to each subscribed webhook endpoint, once `entry` has its seq. The id is
+    `notifications.event_id(upload_id, seq)`: `shared.events.deterministic_id`'s SHA-256."""
+    event_id = (
+        "left(encode(sha256(convert_to('upload-event' || chr(31) || e.upload_id::text"
+        " || chr(31) || e.seq::text, 'UTF8')), 'hex'), 32)"
+    )
+    seq = f'"timeline_entry":{{"seq":{DRAFT_SEQ},'
+    return f"""
+queued AS (
+    INSERT INTO outbox (event_id, upload_id, routing_key, correlation_id, body)
+    SELECT ev.id, e.upload_id, {routing_key}::text, r.correlation_id,
+        regexp_replace(
+            replace({body}::text, '{seq}', '"timeline_entry":{{"seq":' || e.seq::text || ','),
+            '^[{{]"event_id":"[^"]*"', '{{"event_id":"' || ev.id || '"')
+    FROM entry AS e JOIN row AS r ON r.id = e.upload_id
+    CROSS JOIN LATERAL (SELECT {event_id} AS id) AS ev
+    RETURNING event_id, upload_id, body
+),
+delivered AS (
+    INSERT INTO webhook_deliveries (endpoint, event_id, event_type, upload_id, body)
+    SELECT unnest({subscribers}::text[]), q.event_id, {routing_key}::text, q.upload_id, q.body
+    FROM queued AS q
+)"""  # noqa: S608 - constant fragments
 
 
 def _admission(owner: str, burst: str, rate: str, statuses: str, cap: str) -> str:
@@ -192,21 +242,25 @@ _OUTCOME = (
     "(SELECT count(*) FROM take) AS took, (SELECT n FROM open) AS pending,"
     " (SELECT tokens FROM level) AS level, (SELECT count(*) FROM notify) AS notified"
 )
-# Row, first entry and NOTIFY in one statement.
+# Row, first entry, NOTIFY and event in one statement.
 _INSERT = f"""
 WITH row AS (
-    INSERT INTO uploads ({_COLUMNS}) VALUES ({_NEW_ROW}) RETURNING id, status
-),{_FIRST_ENTRY}
-SELECT {_ENTRY_COLUMNS}, (SELECT count(*) FROM notify) AS notified FROM entry AS e
+    INSERT INTO uploads ({_COLUMNS}) VALUES ({_NEW_ROW}) RETURNING id, status, correlation_id
+),{_FIRST_ENTRY},{_first_event("$23", "$24", "$25")}
+SELECT {_ENTRY_COLUMNS}, (SELECT count(*) FROM notify) AS notified,
+    (SELECT count(*) FROM queued) AS queued
+FROM entry AS e
 """  # noqa: S608 - constant fragments
 # The same, only if the owner's limits admit it (the token is taken either way, as a
 # refused request still spent it; nothing else is written when refused).
 _INSERT_ADMITTED = f"""
 WITH {_admission("$2", "$23", "$24", "$25", "$26")},
 row AS (
-    INSERT INTO uploads ({_COLUMNS}) SELECT {_NEW_ROW} FROM admitted RETURNING id, status
-),{_FIRST_ENTRY}
-SELECT {_ENTRY_COLUMNS}, {_OUTCOME} FROM (SELECT 1) AS one LEFT JOIN entry AS e ON true
+    INSERT INTO uploads ({_COLUMNS}) SELECT {_NEW_ROW} FROM admitted
+    RETURNING id, status, correlation_id
+),{_FIRST_ENTRY},{_first_event("$27", "$28", "$29")}
+SELECT {_ENTRY_COLUMNS}, {_OUTCOME}, (SELECT count(*) FROM queued) AS queued
+FROM (SELECT 1) AS one LEFT JOIN entry AS e ON true
 """  # noqa: S608 - constant fragments
 # Only the limits (for a multipart create, before storage is asked to open one).
 _ADMIT = (
@@ -270,14 +324,22 @@ def _limit_args(limits: CreateLimits) -> tuple[Any, ...]:
     return (limits.burst, limits.rate, list(limits.open_statuses), limits.max_pending)
 
 
-async def insert_upload(conn: Conn, upload: Upload, *, actor: str, outbox: Outbox) -> TimelineEntry:
-    """Record a new upload, its first timeline entry (+ NOTIFY) and its event atomically."""
-    async with conn.transaction():
-        row = await conn.fetchrow(_INSERT, *_row_args(upload), actor)
-        assert row is not None
-        entry = _entry(row)
-        await outbox.add(conn, upload, entry)
-        return entry
+def _draft_args(outbox: Outbox, upload: Upload, actor: str) -> tuple[Any, ...]:
+    draft = outbox.draft(upload, actor)
+    return (draft.routing_key, draft.body, draft.subscribers)
+
+
+async def insert_upload(
+    conn: Queryable, upload: Upload, *, actor: str, outbox: Outbox
+) -> TimelineEntry:
+    """Record a new upload, its first timeline entry (+ NOTIFY) and its event: one
+    statement, so all of it or nothing."""
+    row = await conn.fetchrow(
+        _INSERT, *_row_args(upload), actor, *_draft_args(outbox, upload, actor)
+    )
+    assert row is not None
+    assert row["queued"] == 1, "the create's event was not written"
+    return _entry(row)
 
 
 async def insert_admitted_upload(
@@ -285,14 +347,18 @@ async def insert_admitted_upload(
 ) -> Admission:
     """`insert_upload` if the owner's create limits admit it, in the same statement.
 
-    The transaction commits either way: a refused create still spent its token.
+    It commits either way: a refused create still spent its token.
     """
-    async with conn.transaction():
-        row = await conn.fetchrow(_INSERT_ADMITTED, *_row_args(upload), actor, *_limit_args(limits))
-        assert row is not None
-        entry = _entry(row) if row["seq"] is not None else None
-        if entry is not None:
-            await outbox.add(conn, upload, entry)
+    row = await conn.fetchrow(
+        _INSERT_ADMITTED,
+        *_row_args(upload),
+        actor,
+        *_limit_args(limits),
+        *_draft_args(outbox, upload, actor),
+    )
+    assert row is not None
+    entry = _entry(row) if row["seq"] is not None else None
+    assert entry is None or row["queued"] == 1, "the create's event was not written"
     return Admission(
         took_token=row["took"] > 0,
         pending=row["pending"],

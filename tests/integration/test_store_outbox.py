@@ -1,5 +1,5 @@
-"""The one-statement create and status move write their public event in the same
-transaction: a change is committed with its outbox row and webhook deliveries, a
+"""The one-statement create (its event included) and the status move (its event in the
+same transaction): a change is committed with its outbox row and webhook deliveries, a
 refused create writes no event (only the token it spent), and an event that cannot be
 written undoes the change.
 
@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 
 from services.gateway import store
-from services.gateway.notifications import UploadEvent
+from services.gateway.notifications import UploadEvent, event_id, upload_event
 from services.gateway.outbox import NotificationOutbox
 from shared.db import create_pool, migrate
 from shared.settings import Settings, WebhookEndpoint
@@ -111,7 +111,9 @@ async def test_an_admitted_create_writes_its_event_and_a_refused_one_none(
     pool: asyncpg.Pool[Any], outbox: NotificationOutbox
 ) -> None:
     owner = uuid.uuid4().hex
-    first = pending(owner, metadata={"order": "42"})
+    # Metadata that spells what the statement fills in: left as it is.
+    tricky = {"timeline_entry": '"timeline_entry":{"seq":-1,', "event_id": '{"event_id":"x"'}
+    first = pending(owner, metadata={"order": "42"} | tricky)
     async with pool.acquire() as conn:
         admitted = await store.insert_admitted_upload(
             conn, first, actor="gateway", outbox=outbox, limits=limits(1)
@@ -126,9 +128,17 @@ async def test_an_admitted_create_writes_its_event_and_a_refused_one_none(
     assert (event.type, event.status, event.metadata) == (
         "upload.pending",
         Status.PENDING,
-        {"order": "42"},
+        {"order": "42"} | tricky,
     )
     assert event.timeline_entry.seq == admitted.entry.seq
+    # The statement filled the draft in: the event is exactly the one Python builds
+    # from the stored entry, under the id `event_id` gives it (column and body alike).
+    [stored] = await store.timeline(pool, first.id)
+    assert stored.at == first.created_at
+    assert event == upload_event(first, stored)
+    assert event.event_id == event_id(first.id, stored.seq)
+    column = await pool.fetchval("SELECT event_id FROM outbox WHERE upload_id = $1", first.id)
+    assert column == event.event_id
     assert await deliveries_of(pool, first.id) == [("all", "upload.pending")]
 
     assert not spent.took_token
@@ -195,6 +205,9 @@ async def test_a_move_writes_the_moved_upload_as_its_event_once(
 class BrokenOutbox:
     async def add(self, conn: Any, upload: store.Upload, entry: store.TimelineEntry) -> None:
         raise RuntimeError("the event could not be written")
+
+    def draft(self, upload: store.Upload, actor: str) -> store.EventDraft:
+        raise RuntimeError("the event could not be made")
 
 
 async def test_a_change_whose_event_cannot_be_written_is_not_committed(
