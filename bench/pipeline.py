@@ -126,16 +126,27 @@ async def one_upload(
     finished_at: list[float] = []
 
     async def follow() -> None:
-        async with http.get(f"{gateway}/v1/uploads/{upload_id}/events", headers=headers) as resp:
-            async for raw in resp.content:
-                if raw.startswith(b"data: ") and b'"status":"ready"' in raw:
-                    finished_at.append(time.time())
-                    ready.set()
-                    return
-                if raw.startswith(b"data: ") and any(
-                    f'"status":"{s}"'.encode() in raw for s in ("infected", "rejected", "failed")
-                ):
-                    raise RuntimeError(raw.decode())
+        # As a browser's EventSource does: a stream that ends early is resumed from the
+        # last event id it delivered.
+        last_id = ""
+        while True:
+            resume = {"Last-Event-ID": last_id} if last_id else {}
+            url = f"{gateway}/v1/uploads/{upload_id}/events"
+            async with http.get(url, headers=headers | resume) as resp:
+                if resp.status != 200:
+                    raise RuntimeError(f"event stream: {resp.status} {await resp.text()}")
+                async for raw in resp.content:
+                    if raw.startswith(b"id: "):
+                        last_id = raw[4:].decode().strip()
+                    if raw.startswith(b"data: ") and b'"status":"ready"' in raw:
+                        finished_at.append(time.time())
+                        ready.set()
+                        return
+                    if raw.startswith(b"data: ") and any(
+                        f'"status":"{s}"'.encode() in raw
+                        for s in ("infected", "rejected", "failed")
+                    ):
+                        raise RuntimeError(raw.decode())
 
     follower = asyncio.create_task(follow())
     async with http.put(
