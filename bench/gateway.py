@@ -45,7 +45,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import asyncpg
 
 from devstack.apps import settings_environment
@@ -53,9 +52,8 @@ from devstack.layout import StackLayout
 from devstack.processes import read_record
 from devstack.seaweedfs import SeaweedComponent
 from services.gateway.auth import mint_token
-from shared.amqp.topology import dlq_name, retry_queue_name
 from shared.db import migrate
-from shared.pipeline import all_queues
+from shared.pipeline import delete_topology
 from shared.settings import MiB, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -175,16 +173,8 @@ async def forget(settings: Settings) -> None:
         await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
     finally:
         await admin.close()
-    connection = await aio_pika.connect(settings.amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        for spec in all_queues(settings):
-            names = [spec.name, dlq_name(spec.name)]
-            names += [retry_queue_name(spec.name, ms) for ms in set(settings.retry_delays_ms)]
-            for name in names:
-                await channel.queue_delete(name)
-        await channel.exchange_delete(settings.amqp_exchange)
-        await channel.exchange_delete(settings.notifications_exchange)
+    exchanges = [settings.amqp_exchange, settings.notifications_exchange]
+    await delete_topology(settings, exchanges=exchanges)
 
 
 def database_backends(settings: Settings) -> list[int]:

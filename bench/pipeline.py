@@ -33,7 +33,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import aio_pika
 import asyncpg
 from aiohttp import ClientOSError, ClientSession, ServerDisconnectedError, TCPConnector, web
 from PIL import Image
@@ -46,9 +45,8 @@ from services.processor.worker import build_processor, process_pool
 from services.scanner.clamd import ClamdClient, ScanResult
 from services.scanner.worker import build_scanner
 from shared.amqp.consumer import Consumer
-from shared.amqp.topology import dlq_name, retry_queue_name
 from shared.db import migrate
-from shared.pipeline import all_queues, processor_queue, scanner_queue
+from shared.pipeline import delete_topology, processor_queue, scanner_queue
 from shared.settings import Settings
 from shared.worker import worker_resources
 
@@ -80,16 +78,8 @@ async def forget(settings: Settings) -> None:
         await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
     finally:
         await admin.close()
-    connection = await aio_pika.connect(settings.amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        for spec in all_queues(settings):
-            names = [spec.name, dlq_name(spec.name)]
-            names += [retry_queue_name(spec.name, ms) for ms in set(settings.retry_delays_ms)]
-            for name in names:
-                await channel.queue_delete(name)
-        await channel.exchange_delete(settings.amqp_exchange)
-        await channel.exchange_delete(settings.notifications_exchange)
+    exchanges = [settings.amqp_exchange, settings.notifications_exchange]
+    await delete_topology(settings, exchanges=exchanges)
 
 
 def two_megapixel_jpeg(seed: int) -> bytes:

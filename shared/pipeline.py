@@ -7,7 +7,11 @@ run (or a second deployment on one broker) never consumes another's messages.
 
 from __future__ import annotations
 
-from shared.amqp.topology import QueueSpec
+from collections.abc import Sequence
+
+import aio_pika
+
+from shared.amqp.topology import QueueSpec, dlq_name, retry_queue_name
 from shared.settings import Settings
 
 
@@ -31,3 +35,23 @@ def processor_queue(settings: Settings) -> QueueSpec:
 
 def all_queues(settings: Settings) -> tuple[QueueSpec, ...]:
     return (recorder_queue(settings), scanner_queue(settings), processor_queue(settings))
+
+
+async def delete_topology(
+    settings: Settings, *, amqp_url: str | None = None, exchanges: Sequence[str] = ()
+) -> None:
+    """Delete the pipeline's queues of `settings` (with their DLQs and retry queues) and
+    the `exchanges` named: what a test run or a benchmark declared, once it is done.
+
+    `amqp_url` reaches the broker when `settings.amqp_url` may not (a cut proxy).
+    """
+    connection = await aio_pika.connect(amqp_url or settings.amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for spec in all_queues(settings):
+            names = [spec.name, dlq_name(spec.name)]
+            names += [retry_queue_name(spec.name, ms) for ms in set(settings.retry_delays_ms)]
+            for name in names:
+                await channel.queue_delete(name)
+        for exchange in exchanges:
+            await channel.exchange_delete(exchange)

@@ -21,9 +21,10 @@ from services.gateway.app import create_app
 from services.gateway.auth import mint_token
 from shared.bucket import configure_bucket
 from shared.db import migrate
+from shared.pipeline import delete_topology
 from shared.settings import Settings, WebhookEndpoint
 from tests.receiver import WebhookReceiver
-from tests.support import BROWSER_ORIGINS, delete_queues, make_jpeg, pipeline_workers
+from tests.support import BROWSER_ORIGINS, make_jpeg, pipeline_workers
 
 TEST_DB = os.environ.get("CLEARANCE_TEST_DATABASE", "clearance_test")
 # The suite's webhook endpoint signs with this (whsec_ + base64 of 32 bytes).
@@ -129,7 +130,7 @@ def stack_up(settings: Settings) -> None:
 @pytest.fixture(scope="session")
 async def fresh_queues(settings: Settings) -> None:
     """The suite's queues start empty: nothing left over from an earlier run."""
-    await delete_queues(settings)
+    await delete_topology(settings)
 
 
 @pytest.fixture(scope="session")

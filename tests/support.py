@@ -13,7 +13,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aio_pika
 import orjson
 from aiohttp import ClientSession
 from PIL import Image
@@ -21,8 +20,7 @@ from PIL import Image
 from services.processor.worker import build_processor, process_pool
 from services.scanner.worker import build_scanner
 from shared.amqp.consumer import Consumer
-from shared.amqp.topology import dlq_name, retry_queue_name
-from shared.pipeline import all_queues, processor_queue, scanner_queue
+from shared.pipeline import processor_queue, scanner_queue
 from shared.settings import Settings
 from shared.status import FINAL
 from shared.worker import worker_resources
@@ -461,22 +459,3 @@ async def pipeline_workers(settings: Settings, name: str) -> AsyncIterator[None]
             finally:
                 for consumer in consumers:
                     await consumer.drain(5)
-
-
-async def delete_queues(
-    settings: Settings, *, amqp_url: str | None = None, exchange: bool = False
-) -> None:
-    """Delete the pipeline's queues of `settings` (and, if asked, its exchange).
-
-    `amqp_url` reaches the broker when `settings.amqp_url` may not (a cut proxy).
-    """
-    connection = await aio_pika.connect(amqp_url or settings.amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        for spec in all_queues(settings):
-            names = [spec.name, dlq_name(spec.name)]
-            names += [retry_queue_name(spec.name, ms) for ms in set(settings.retry_delays_ms)]
-            for name in names:
-                await channel.queue_delete(name)
-        if exchange:
-            await channel.exchange_delete(settings.amqp_exchange)

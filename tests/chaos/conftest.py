@@ -18,10 +18,10 @@ from aiohttp import ClientSession
 
 from devstack.layout import StackLayout
 from shared.db import migrate
+from shared.pipeline import delete_topology
 from shared.settings import Settings
 from tests.chaos.harness import CHAOS_DB, PORTS, ChaosStack, Client, Links, Observer, Report
 from tests.proxy import LinkProxy
-from tests.support import delete_queues
 
 REPORT_ENV = "CLEARANCE_CHAOS_REPORT"
 
@@ -119,14 +119,20 @@ async def chaos_stack(
     await connection.close()
     conn = await asyncpg.connect(chaos_settings.database_url, timeout=10)
     await conn.close()
-    await delete_queues(chaos_settings, amqp_url=base_settings.amqp_url, exchange=True)
+    await delete_topology(
+        chaos_settings, amqp_url=base_settings.amqp_url, exchanges=[chaos_settings.amqp_exchange]
+    )
     stack = ChaosStack(chaos_settings, StackLayout.from_settings(chaos_settings))
     try:
         await stack.up()
         yield stack
     finally:
         await stack.down()
-        await delete_queues(chaos_settings, amqp_url=base_settings.amqp_url, exchange=True)
+        await delete_topology(
+            chaos_settings,
+            amqp_url=base_settings.amqp_url,
+            exchanges=[chaos_settings.amqp_exchange],
+        )
 
 
 @pytest.fixture(scope="session")

@@ -26,8 +26,8 @@ from schemathesis.core.failures import Failure, FailureGroup
 
 from devstack.apps import clearance_script, settings_environment
 from services.gateway.auth import mint_token
+from shared.pipeline import delete_topology
 from shared.settings import Settings
-from tests.support import delete_queues
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +104,7 @@ def live_gateway(
 @pytest.fixture(scope="module")
 async def fuzz_queues_removed(fuzz_settings: Settings) -> AsyncIterator[None]:
     yield
-    await delete_queues(fuzz_settings, exchange=True)
+    await delete_topology(fuzz_settings, exchanges=[fuzz_settings.amqp_exchange])
 
 
 @pytest.fixture(scope="module")
