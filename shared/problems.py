@@ -135,6 +135,12 @@ class PayloadTooLarge(Problem):
     title = "Request body too large"
 
 
+class UnsupportedMediaType(Problem):
+    status = 415
+    slug = "unsupported-media-type"
+    title = "Unsupported media type"
+
+
 class TooManyRequests(Problem):
     status = 429
     slug = "too-many-requests"

@@ -19,6 +19,7 @@ from shared.problems import (
     NotFound,
     RequestTimeout,
     Unauthorized,
+    UnsupportedMediaType,
     ValidationFailed,
 )
 from shared.settings import Settings
@@ -53,6 +54,11 @@ async def read_model(request: web.Request, model: type[M], *, empty_ok: bool = F
         if empty_ok:
             return model.model_validate({})
         raise BadRequest("the request body must be a JSON object")
+    media_type = request.content_type
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedMediaType(
+            f"the request body must be sent as application/json, not {media_type[:100]}"
+        )
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -52,7 +52,8 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/uploads"): {
         "summary": "Declare a file and get presigned upload URL(s)",
         "requestBody": _body(m.CreateUpload),
-        "responses": _ok(201, m.UploadCreated, "Upload created") | _problems(400, 401, 413, 422),
+        "responses": _ok(201, m.UploadCreated, "Upload created")
+        | _problems(400, 401, 413, 415, 422),
     },
     ("GET", "/v1/uploads"): {
         "summary": "The caller's uploads, newest first",
@@ -82,7 +83,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "parameters": [ID],
         "requestBody": _body(m.SignPartsRequest),
         "responses": _ok(200, m.SignedParts, "Signed part URLs")
-        | _problems(400, 401, 404, 409, 422),
+        | _problems(400, 401, 404, 409, 415, 422),
     },
     ("GET", "/v1/uploads/{id}/parts"): {
         "summary": "The parts storage holds (resume after a crash)",
@@ -94,7 +95,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "parameters": [ID],
         "requestBody": _body(m.CompleteUpload, required=False),
         "responses": _ok(202, m.Accepted, "Accepted for scanning")
-        | _problems(400, 401, 404, 409, 422),
+        | _problems(400, 401, 404, 409, 415, 422),
     },
     ("GET", "/v1/uploads/{id}/download"): {
         "summary": "Redirect to a short-lived download URL (ready uploads only)",
@@ -225,6 +226,7 @@ COMPANION_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         400,
         401,
         413,
+        415,
         422,
         requestBody=_body(c.CreateMultipart),
     ),
@@ -272,6 +274,7 @@ COMPANION_OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         404,
         409,
         413,
+        415,
         parameters=[_UPLOAD_ID, _KEY],
         requestBody=_body(c.CompleteMultipart),
     ),

@@ -51,8 +51,10 @@ class Companion:
     async def call(
         self, method: str, path: str, *, json_body: Any = None, data: bytes | None = None
     ) -> tuple[int, Any]:
+        # Raw bytes go as JSON too, as Uppy sends every body.
+        headers = self.headers | ({"Content-Type": "application/json"} if data else {})
         async with self.http.request(
-            method, f"{self.gateway}/s3{path}", json=json_body, data=data, headers=self.headers
+            method, f"{self.gateway}/s3{path}", json=json_body, data=data, headers=headers
         ) as resp:
             body = await resp.json(content_type=None)
             if resp.status >= 400:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import jwt
+import orjson
 import pytest
 from aiohttp import ClientSession, ClientTimeout
 from aiohttp.test_utils import TestServer
@@ -260,3 +261,31 @@ async def test_numbers_that_are_not_plain_digits_are_refused_precisely(
         ) as resp:
             assert resp.status == 200
             assert resp.content_type == "text/event-stream"
+
+
+async def test_a_body_that_is_not_sent_as_json_gets_415(
+    http: ClientSession, gateway: str, settings: Settings
+) -> None:
+    auth = bearer(settings)
+    body = orjson.dumps(JPEG)
+    for media_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+        headers = auth | {"Content-Type": media_type}
+        async with http.post(f"{gateway}/v1/uploads", data=body, headers=headers) as resp:
+            doc = await problem(resp, 415)
+        assert media_type in doc["detail"]
+    # Uppy's route: the same refusal in Uppy's shape.
+    uppy = orjson.dumps({"filename": "a.mp4", "type": "video/mp4"})
+    async with http.post(
+        f"{gateway}/s3/multipart", data=uppy, headers=auth | {"Content-Type": "text/plain"}
+    ) as resp:
+        assert resp.status == 415
+        assert "error" in await resp.json()
+    # JSON under its own name (with a charset, or a +json type) is fine, and so is an
+    # empty `complete` with no type at all.
+    for media_type in ("application/json; charset=utf-8", "application/problem+json"):
+        headers = auth | {"Content-Type": media_type}
+        async with http.post(f"{gateway}/v1/uploads", data=body, headers=headers) as resp:
+            assert resp.status == 201, await resp.text()
+            created = await resp.json()
+    async with http.post(f"{gateway}/v1/uploads/{created['id']}/complete", headers=auth) as resp:
+        assert resp.status != 415
