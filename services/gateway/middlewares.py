@@ -37,6 +37,8 @@ _DOWN_ERRORS = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,
+    # What asyncpg raises on a connection the server has just terminated.
+    asyncpg.exceptions.InternalClientError,
     ConnectionError,
     TimeoutError,
 )
