@@ -24,7 +24,6 @@ import uuid
 from datetime import datetime
 
 import aio_pika
-import asyncpg
 import orjson
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
@@ -34,7 +33,7 @@ from services.gateway.app import create_app
 from services.gateway.auth import mint_token
 from services.gateway.outbox import OutboxMetrics, OutboxRelay
 from shared.amqp.topology import connect
-from shared.db import create_pool, migrate
+from shared.db import create_pool, recreate_database
 from shared.settings import Settings, WebhookEndpoint
 
 DB = "clearance_bench_events"
@@ -47,15 +46,9 @@ def percentile(values: list[float], p: float) -> float:
 
 
 async def fresh_database(settings: Settings) -> str:
-    base = settings.database_url.rsplit("/", 1)[0]
-    admin = await asyncpg.connect(f"{base}/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{DB}"')
-    finally:
-        await admin.close()
-    await migrate(f"{base}/{DB}")
-    return f"{base}/{DB}"
+    dsn = f"{settings.database_url.rsplit('/', 1)[0]}/{DB}"
+    await recreate_database(dsn)
+    return dsn
 
 
 class Receiver:

@@ -52,7 +52,7 @@ from devstack.layout import StackLayout
 from devstack.processes import read_record
 from devstack.seaweedfs import SeaweedComponent
 from services.gateway.auth import mint_token
-from shared.db import migrate
+from shared.db import drop_database, recreate_database
 from shared.pipeline import delete_topology
 from shared.settings import MiB, Settings
 
@@ -156,23 +156,9 @@ def install_companion() -> None:
     shutil.copy(ROOT / "bench" / "companion_server.mjs", NODE_DIR / "companion_server.mjs")
 
 
-async def fresh_database(settings: Settings) -> None:
-    admin = await asyncpg.connect(f"{settings.database_url.rsplit('/', 1)[0]}/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{BENCH_DB}"')
-    finally:
-        await admin.close()
-    await migrate(settings.database_url)
-
-
 async def forget(settings: Settings) -> None:
     """Drop this run's database, queues and exchanges."""
-    admin = await asyncpg.connect(f"{settings.database_url.rsplit('/', 1)[0]}/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await drop_database(settings.database_url)
     exchanges = [settings.amqp_exchange, settings.notifications_exchange]
     await delete_topology(settings, exchanges=exchanges)
 
@@ -452,7 +438,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, list[Run]]]:
     routes = [r for r in ROUTES if not args.only or args.only in r.name]
     results: dict[str, dict[str, list[Run]]] = {r.name: {t: [] for t in r.targets} for r in routes}
     try:
-        asyncio.run(fresh_database(settings))
+        asyncio.run(recreate_database(settings.database_url))
         install_companion()
         env = {**os.environ, **settings_environment(settings)}
         companion_env = {

@@ -33,7 +33,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 from aiohttp import ClientOSError, ClientSession, ServerDisconnectedError, TCPConnector, web
 from PIL import Image
 
@@ -45,7 +44,7 @@ from services.processor.worker import build_processor, process_pool
 from services.scanner.clamd import ClamdClient, ScanResult
 from services.scanner.worker import build_scanner
 from shared.amqp.consumer import Consumer
-from shared.db import migrate
+from shared.db import drop_database, recreate_database
 from shared.pipeline import delete_topology, processor_queue, scanner_queue
 from shared.settings import Settings
 from shared.worker import worker_resources
@@ -72,12 +71,7 @@ class Sample:
 
 async def forget(settings: Settings) -> None:
     """Drop this run's database, queues and exchanges."""
-    base = settings.database_url.rsplit("/", 1)[0]
-    admin = await asyncpg.connect(f"{base}/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await drop_database(f"{settings.database_url.rsplit('/', 1)[0]}/{BENCH_DB}")
     exchanges = [settings.amqp_exchange, settings.notifications_exchange]
     await delete_topology(settings, exchanges=exchanges)
 
@@ -91,15 +85,8 @@ def two_megapixel_jpeg(seed: int) -> bytes:
 
 
 async def fresh_database(settings: Settings) -> str:
-    base = settings.database_url.rsplit("/", 1)[0]
-    admin = await asyncpg.connect(f"{base}/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{BENCH_DB}"')
-    finally:
-        await admin.close()
-    dsn = f"{base}/{BENCH_DB}"
-    await migrate(dsn)
+    dsn = f"{settings.database_url.rsplit('/', 1)[0]}/{BENCH_DB}"
+    await recreate_database(dsn)
     return dsn
 
 

@@ -42,7 +42,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import asyncpg
 import boto3
 from aiohttp import ClientSession, ClientTimeout, TCPConnector, web
 from boto3.s3.transfer import TransferConfig
@@ -52,7 +51,7 @@ from clients.cli.transfer import FileUpload, TransferContext
 from devstack.apps import settings_environment
 from devstack.processes import listening_pid
 from services.gateway.auth import mint_token
-from shared.db import migrate
+from shared.db import drop_database, recreate_database
 from shared.s3 import s3_client
 from shared.settings import MiB, Settings
 
@@ -79,24 +78,6 @@ def bench_settings() -> Settings:
             "log_level": "WARNING",
         }
     )
-
-
-async def fresh_database(settings: Settings) -> None:
-    admin = await asyncpg.connect(f"{settings.database_url.rsplit('/', 1)[0]}/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{BENCH_DB}"')
-    finally:
-        await admin.close()
-    await migrate(settings.database_url)
-
-
-async def drop_database(settings: Settings) -> None:
-    admin = await asyncpg.connect(f"{settings.database_url.rsplit('/', 1)[0]}/postgres")
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 def make_file(directory: str, size: int) -> str:
@@ -428,10 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.size_mib <= 100:
         parser.error("--size-mib must be above 100 (the multipart threshold)")
     settings = bench_settings()
-    asyncio.run(fresh_database(settings))
+    asyncio.run(recreate_database(settings.database_url))
     env = {**os.environ, **settings_environment(settings)}
     gateway_proc = subprocess.Popen(
-        [sys.executable, "-m", "clients.cli", "gateway"], env=env, cwd=ROOT
+        [sys.executable, "-m", "commands", "gateway", "--workers=1"], env=env, cwd=ROOT
     )
     proxy_proc = subprocess.Popen(
         [sys.executable, str(Path(__file__).resolve()), "--serve-proxy"], env=env, cwd=ROOT
@@ -451,7 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        asyncio.run(drop_database(settings))
+        asyncio.run(drop_database(settings.database_url))
 
 
 if __name__ == "__main__":

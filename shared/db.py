@@ -133,17 +133,44 @@ async def _apply(conn: asyncpg.Connection, m: Migration, *, up: bool) -> None:
     log.info("migration %s %04d_%s", "applied" if up else "reverted", m.version, m.name)
 
 
-async def ensure_database(dsn: str) -> bool:
-    """Create the database named in `dsn` if it is missing. Returns True if created."""
+def _named(dsn: str) -> tuple[str, str]:
+    """The server's `postgres` database and the quoted name of the one `dsn` names
+    (identifiers can't be bound as parameters)."""
     base, _, name = dsn.rpartition("/")
     name = name.split("?", 1)[0]
-    admin: Any = await asyncpg.connect(f"{base}/postgres", timeout=10)
+    return f"{base}/postgres", '"' + name.replace('"', '""') + '"'
+
+
+async def ensure_database(dsn: str) -> bool:
+    """Create the database named in `dsn` if it is missing. Returns True if created."""
+    server, quoted = _named(dsn)
+    admin: Any = await asyncpg.connect(server, timeout=10)
     try:
-        if await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+        if await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", dsn_name(dsn)):
             return False
-        # Identifiers can't be bound as parameters; quote it safely instead.
-        quoted = '"' + name.replace('"', '""') + '"'
         await admin.execute(f"CREATE DATABASE {quoted}")
         return True
     finally:
         await admin.close()
+
+
+def dsn_name(dsn: str) -> str:
+    """The database a DSN names."""
+    return dsn.rpartition("/")[2].split("?", 1)[0]
+
+
+async def drop_database(dsn: str) -> None:
+    """Drop the database named in `dsn`, ending its sessions (a benchmark's own)."""
+    server, quoted = _named(dsn)
+    admin: Any = await asyncpg.connect(server, timeout=10)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {quoted} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+async def recreate_database(dsn: str) -> None:
+    """The database named in `dsn`, new and migrated (dropped first if it exists)."""
+    await drop_database(dsn)
+    await ensure_database(dsn)
+    await migrate(dsn)
