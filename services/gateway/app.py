@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from services.gateway import asyncapi, openapi
 from services.gateway.appkeys import (
     AMQP,
+    DOCUMENTS,
     METRICS,
     POOL,
     PRESIGNER,
@@ -165,16 +166,18 @@ async def metrics_view(request: web.Request) -> web.Response:
 
 
 async def openapi_view(request: web.Request) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(openapi.document(request.app)), content_type="application/json"
-    )
+    built = request.app[DOCUMENTS]
+    if "openapi" not in built:
+        built["openapi"] = orjson.dumps(openapi.document(request.app))
+    return web.Response(body=built["openapi"], content_type="application/json")
 
 
 async def asyncapi_view(request: web.Request) -> web.Response:
-    return web.Response(
-        body=orjson.dumps(asyncapi.document(request.app[SETTINGS].notifications_exchange)),
-        content_type="application/json",
-    )
+    built = request.app[DOCUMENTS]
+    if "asyncapi" not in built:
+        exchange = request.app[SETTINGS].notifications_exchange
+        built["asyncapi"] = orjson.dumps(asyncapi.document(exchange))
+    return web.Response(body=built["asyncapi"], content_type="application/json")
 
 
 def create_app(
@@ -214,6 +217,7 @@ def create_app(
     )
     app.on_response_prepare.append(common_headers)
     app[SETTINGS] = settings
+    app[DOCUMENTS] = {}
     app[METRICS] = metrics
     app[VERIFIER] = TokenVerifier(settings)
     app[PRESIGNER] = browser_presigner(settings)

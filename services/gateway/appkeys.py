@@ -20,6 +20,8 @@ S3: web.AppKey[Any] = web.AppKey("s3")  # aiobotocore client
 S3_REQUESTS = web.AppKey("s3_requests", S3Requests)  # signed requests on the hot path
 PRESIGNER = web.AppKey("presigner", Presigner)
 VERIFIER = web.AppKey("verifier", TokenVerifier)
+# /openapi.json and /asyncapi.json, each built on its first request (they never change).
+DOCUMENTS: web.AppKey[dict[str, bytes]] = web.AppKey("documents")
 METRICS = web.AppKey("metrics", GatewayMetrics)
 PUBLISHER = web.AppKey("publisher", EventPublisher)
 LISTENER: web.AppKey[Any] = web.AppKey("listener")  # live.Listener
