@@ -171,70 +171,43 @@ async def test_no_fault(
 # --- processes killed ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("service", ["scanner", "processor"])
-async def test_a_worker_killed_with_kill_9_mid_batch(
+# How long each killed service stays down before `stack up` brings it back, and how
+# its row is labelled.
+KILLED = {
+    "scanner": (0.0, "scanner killed (`kill -9`) mid-batch"),
+    "processor": (0.0, "processor killed (`kill -9`) mid-batch"),
+    "gateway": (GATEWAY_DOWN_S, f"gateway killed (`kill -9`), down {GATEWAY_DOWN_S:g} s"),
+}
+
+
+@pytest.mark.parametrize("service", list(KILLED))
+async def test_a_service_killed_with_kill_9_mid_batch(
     service: str, chaos_stack: ChaosStack, client: Client, observer: Observer, report: Report
 ) -> None:
+    down, label = KILLED[service]
     notes: list[str] = []
     left: list[int] = []
 
     async def kill(uploads: list[Upload], tasks: list[asyncio.Task[None]]) -> float:
         await mid_batch(observer, uploads)
-        record = chaos_stack.record(service)
-        members = session_members(record)
+        # Everything in its session must end with it: the processor's pool, the
+        # gateway's `--workers` (one left behind would keep answering on the port).
+        members = session_members(chaos_stack.record(service))
         notes.append(f"{len(members)} processes in its session when killed")
-        await chaos_stack.kill(service)
-        healed = await restart_killed(chaos_stack, service, notes)
+        record = await chaos_stack.kill(service)
 
         async def emptied() -> bool:
             return not session_members(record)
 
         await until(emptied, timeout=10, what=f"the killed {service}'s processes ending")
         left.extend(session_members(record))
-        return healed
+        if down:
+            await asyncio.sleep(down)
+        return await restart_killed(chaos_stack, service, notes)
 
-    verdict = await run_fault(
-        f"{service} killed (`kill -9`) mid-batch",
-        client=client,
-        observer=observer,
-        report=report,
-        fault=kill,
-    )
+    verdict = await run_fault(label, client=client, observer=observer, report=report, fault=kill)
     verdict.leftover_processes = len(left)
     report.facts.append(f"{service} `kill -9`: " + "; ".join(notes) + "; 0 left after it.")
-
-
-async def test_the_gateway_killed_and_restarted_mid_batch(
-    chaos_stack: ChaosStack, client: Client, observer: Observer, report: Report
-) -> None:
-    notes: list[str] = []
-    left: list[int] = []
-
-    async def kill(uploads: list[Upload], tasks: list[asyncio.Task[None]]) -> float:
-        await mid_batch(observer, uploads)
-        # With `--workers`, the supervisor and its worker processes (they must end too:
-        # a worker left behind would keep answering on the port).
-        members = session_members(chaos_stack.record("gateway"))
-        notes.append(f"{len(members)} processes in its session when killed")
-        record = await chaos_stack.kill("gateway")
-
-        async def emptied() -> bool:
-            return not session_members(record)
-
-        await until(emptied, timeout=10, what="the killed gateway's processes ending")
-        left.extend(session_members(record))
-        await asyncio.sleep(GATEWAY_DOWN_S)
-        return await restart_killed(chaos_stack, "gateway", notes)
-
-    verdict = await run_fault(
-        f"gateway killed (`kill -9`), down {GATEWAY_DOWN_S:g} s",
-        client=client,
-        observer=observer,
-        report=report,
-        fault=kill,
-    )
-    verdict.leftover_processes = len(left)
-    report.facts.append("gateway `kill -9`: " + "; ".join(notes) + "; 0 left after it.")
 
 
 async def test_storage_killed_and_restarted_mid_batch(
