@@ -134,6 +134,8 @@ daemon_stop() {
     say "dockerd $pid stopped"
   fi
   rm -f "$SOCK" "$PIDFILE" "$DIR/mode"
+  # The exec root is runtime state only (dockerd writes it again at each start).
+  rm -rf "$DIR/exec" 2>/dev/null || true
   if [[ -f $NETNS_MARK ]]; then
     # Whatever still runs in our namespace was started by us (container shims, their
     # children): end it by PID, then delete the namespace.
