@@ -16,6 +16,7 @@ from services.gateway import asyncapi, openapi
 from services.gateway.appkeys import (
     AMQP,
     DOCUMENTS,
+    LISTENER,
     METRICS,
     POOL,
     PRESIGNER,
@@ -95,6 +96,7 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
         app[PRESIGNER],
         app.get(PUBLISHER),
         app[METRICS],
+        announce=app[LISTENER].announce,
     )
     yield
 

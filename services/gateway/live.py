@@ -75,6 +75,12 @@ class Listener:
         finally:
             self._any.discard(event)
 
+    def announce(self) -> None:
+        """Wake this process's announcers (outbox relay, webhooks) without a NOTIFY: for
+        a change only they need to hear of, such as a create."""
+        for event in self._any:
+            event.set()
+
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         for event in self._any:
             event.set()

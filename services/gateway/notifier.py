@@ -3,7 +3,8 @@
 Both run in every gateway replica (the gateway is the only database writer, and one
 fewer process kind to deploy); `FOR UPDATE SKIP LOCKED` claims keep replicas from
 publishing or POSTing one row twice at once. Both wake on the NOTIFY every status
-change sends (`live.Listener`) and poll besides, and both finish the work under way
+change sends (`live.Listener`), on this process's own creates (which NOTIFY nobody:
+`Listener.announce`) and poll besides, and both finish the work under way
 on shutdown before the connections they use close.
 """
 

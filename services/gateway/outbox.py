@@ -12,7 +12,8 @@ Relaying: `OutboxRelay` (a task of every gateway replica) claims rows with
 `FOR UPDATE SKIP LOCKED`, publishes them to the `notifications_exchange` topic
 exchange (routing key = event type) with publisher confirms, and deletes each row
 only after its confirm, in the claiming transaction. It wakes on the NOTIFY that
-every change sends, and polls every `outbox_poll_seconds` besides.
+every status change sends and on its own process's creates (`Listener.announce`), and
+polls every `outbox_poll_seconds` besides (another replica's rows, should it end first).
 
 Order: an upload's events are published in the order of their changes. Rows of one
 upload get increasing ids in commit order (its changes are serialised by the row

@@ -9,10 +9,11 @@ trips with BEGIN and COMMIT. The event is built in Python from the row the state
 returns (`notifications`), so its shape has one definition.
 
 A create is one statement and one round trip, its owner's limits, its event and its
-webhook deliveries included: everything in the new upload's event is known before the
-write but for the two values the database assigns, the first entry's `seq` and the
-event id made from it, which the statement fills into the Python-built body
-(`EventDraft`).
+webhook deliveries included, and sends no NOTIFY (no stream can wait on an upload that
+did not exist; the creating process wakes its own announcers). Everything in the new
+upload's event is known before the write but for the two values the database assigns,
+the first entry's `seq` and the event id made from it, which the statement fills into
+the Python-built body (`EventDraft`).
 """
 
 from __future__ import annotations
@@ -175,16 +176,16 @@ _NEW_ROW = (
     " $9::text, $10::text, $11::text, $12::bigint, $13::integer, $14::jsonb, $15::jsonb,"
     " $16::text, $17::text, $18::timestamptz, $19::timestamptz, $20::timestamptz, $21::jsonb"
 )
-# The first timeline entry and its NOTIFY, from the inserted row (`row`); $22 is the actor.
-_FIRST_ENTRY = f"""
+# The first timeline entry, from the inserted row (`row`); $22 is the actor. No NOTIFY:
+# nobody can be streaming an upload that did not exist, and the creating process wakes
+# its own outbox relay and webhook dispatcher (`UploadService.create`); another replica
+# finds the rows by polling should this one end first.
+_FIRST_ENTRY = """
 entry AS (
     INSERT INTO upload_events (upload_id, status, event_id, actor, detail, at)
-    SELECT id, status, 'created:' || id::text, $22::text, '{{}}'::jsonb, $18 FROM row
+    SELECT id, status, 'created:' || id::text, $22::text, '{}'::jsonb, $18 FROM row
     RETURNING seq, upload_id, status, actor, detail, at
-),
-notify AS (
-    SELECT pg_notify('{NOTIFY_CHANNEL}', upload_id::text || ':' || seq::text) FROM entry
-)"""  # noqa: S608 - constant fragments
+)"""
 _ENTRY_COLUMNS = "e.seq, e.upload_id, e.status, e.actor, e.detail, e.at"
 
 
@@ -240,15 +241,14 @@ admitted AS (SELECT 1 FROM take, open WHERE open.n < {cap}::bigint)"""  # noqa: 
 
 _OUTCOME = (
     "(SELECT count(*) FROM take) AS took, (SELECT n FROM open) AS pending,"
-    " (SELECT tokens FROM level) AS level, (SELECT count(*) FROM notify) AS notified"
+    " (SELECT tokens FROM level) AS level"
 )
-# Row, first entry, NOTIFY and event in one statement.
+# Row, first entry and event in one statement.
 _INSERT = f"""
 WITH row AS (
     INSERT INTO uploads ({_COLUMNS}) VALUES ({_NEW_ROW}) RETURNING id, status, correlation_id
 ),{_FIRST_ENTRY},{_first_event("$23", "$24", "$25")}
-SELECT {_ENTRY_COLUMNS}, (SELECT count(*) FROM notify) AS notified,
-    (SELECT count(*) FROM queued) AS queued
+SELECT {_ENTRY_COLUMNS}, (SELECT count(*) FROM queued) AS queued
 FROM entry AS e
 """  # noqa: S608 - constant fragments
 # The same, only if the owner's limits admit it (the token is taken either way, as a
@@ -332,8 +332,8 @@ def _draft_args(outbox: Outbox, upload: Upload, actor: str) -> tuple[Any, ...]:
 async def insert_upload(
     conn: Queryable, upload: Upload, *, actor: str, outbox: Outbox
 ) -> TimelineEntry:
-    """Record a new upload, its first timeline entry (+ NOTIFY) and its event: one
-    statement, so all of it or nothing."""
+    """Record a new upload, its first timeline entry and its event: one statement, so
+    all of it or nothing."""
     row = await conn.fetchrow(
         _INSERT, *_row_args(upload), actor, *_draft_args(outbox, upload, actor)
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, NoReturn, Protocol
 
@@ -75,6 +75,7 @@ class UploadService:
         presigner: Presigner,
         publisher: EventPublisher | None,
         metrics: GatewayMetrics,
+        announce: Callable[[], None] = lambda: None,
     ) -> None:
         self.limits = OwnerLimits(settings, pool)
         self.settings = settings
@@ -83,6 +84,9 @@ class UploadService:
         self.presigner = presigner
         self.publisher = publisher
         self.metrics = metrics
+        # Wakes this process's outbox relay and webhook dispatcher after a create (which
+        # sends no NOTIFY: `store.insert_upload`).
+        self.announce = announce
         # Every change's public event, written in the change's transaction.
         self.outbox = NotificationOutbox(settings)
 
@@ -194,6 +198,7 @@ class UploadService:
                         limits=self.limits.create_limits,
                     )
                 )
+        self.announce()
         self.metrics.uploads_created.labels(name, "created").inc()
         return upload
 

@@ -8,6 +8,8 @@ reaches the broker for its outbox relay only through a `LinkProxy`.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 from collections import defaultdict
@@ -23,6 +25,7 @@ from yarl import URL
 from services.gateway.app import create_app
 from services.gateway.appkeys import METRICS, POOL
 from services.gateway.notifications import event_id
+from services.gateway.store import NOTIFY_CHANNEL
 from shared.db import migrate
 from shared.settings import Settings
 from tests.conftest import TEST_DB
@@ -46,28 +49,22 @@ async def broker_link(settings: Settings) -> AsyncIterator[LinkProxy]:
         await proxy.close()
 
 
-@pytest.fixture(scope="module")
-async def outbox_gateway(
-    settings: Settings, base_settings: Settings, broker_link: LinkProxy, stack_up: None
+@contextlib.asynccontextmanager
+async def gateway_of_its_own(
+    settings: Settings, database: str, **overrides: object
 ) -> AsyncIterator[TestServer]:
+    """A gateway with its outbox relay and a fresh database no other replica drains."""
     base = settings.database_url.rsplit("/", 1)[0]
     admin = await asyncpg.connect(f"{base}/postgres")
     try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{OUTBOX_DB}" WITH (FORCE)')
-        await admin.execute(f'CREATE DATABASE "{OUTBOX_DB}"')
+        await admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{database}"')
     finally:
         await admin.close()
-    await migrate(f"{base}/{OUTBOX_DB}")
-    amqp = URL(settings.amqp_url).with_port(broker_link.proxy_port)
+    await migrate(f"{base}/{database}")
     app = create_app(
         settings.model_copy(
-            update={
-                "database_url": f"{base}/{OUTBOX_DB}",
-                "notifications_amqp_url": str(amqp),
-                "webhooks": (),
-                "outbox_poll_seconds": 0.5,
-                "outbox_publish_timeout_seconds": 2.0,
-            }
+            update={"database_url": f"{base}/{database}", "webhooks": (), **overrides}
         ),
         with_broker=False,  # no recorder: it would take the suite's pipeline events
         with_reconciler=False,
@@ -79,6 +76,21 @@ async def outbox_gateway(
         yield server
     finally:
         await server.close()
+
+
+@pytest.fixture(scope="module")
+async def outbox_gateway(
+    settings: Settings, base_settings: Settings, broker_link: LinkProxy, stack_up: None
+) -> AsyncIterator[TestServer]:
+    amqp = URL(settings.amqp_url).with_port(broker_link.proxy_port)
+    async with gateway_of_its_own(
+        settings,
+        OUTBOX_DB,
+        notifications_amqp_url=str(amqp),
+        outbox_poll_seconds=0.5,
+        outbox_publish_timeout_seconds=2.0,
+    ) as server:
+        yield server
 
 
 class Stream:
@@ -188,3 +200,45 @@ async def test_a_broker_outage_delays_the_stream_but_loses_or_repeats_nothing(
         (published or 0) + written
     )
     print(f"outbox drained {written} events in {drain_seconds:.2f} s after the link returned")
+
+
+async def test_a_create_sends_no_notify_and_its_own_relay_announces_it_at_once(
+    settings: Settings,
+    stack_up: None,
+    stream: Stream,
+    http: ClientSession,
+    token: Callable[..., str],
+) -> None:
+    """A create's event is relayed by the gateway that wrote it, woken in-process: with
+    polling out of the picture (a minute apart) it still reaches the stream at once. And
+    the create NOTIFYs nobody (a NOTIFY serialises commits; no stream can be waiting on
+    an upload that did not exist): the first notification of the upload is its abort's."""
+    async with gateway_of_its_own(
+        settings, f"{OUTBOX_DB}_wake", outbox_poll_seconds=60.0
+    ) as server:
+        pool = server.app[POOL]
+        notified: asyncio.Queue[str] = asyncio.Queue()
+        listening = await asyncpg.connect(
+            settings.database_url.rsplit("/", 1)[0] + f"/{OUTBOX_DB}_wake"
+        )
+        await listening.add_listener(NOTIFY_CHANNEL, lambda *args: notified.put_nowait(args[3]))
+        try:
+            base = str(server.make_url("")).rstrip("/")
+            auth = {"Authorization": f"Bearer {token()}"}
+            async with http.post(f"{base}/v1/uploads", json=DECLARED, headers=auth) as resp:
+                assert resp.status == 201, await resp.text()
+                upload_id = (await resp.json())["id"]
+
+            async def announced() -> bool:
+                return len(stream.of({upload_id})) == 1
+
+            await eventually(announced, timeout=5, what="the create's event on the stream")
+            async with http.delete(f"{base}/v1/uploads/{upload_id}", headers=auth) as resp:
+                assert resp.status == 204, await resp.text()
+            first = await asyncio.wait_for(notified.get(), timeout=10)
+            aborted_seq = await pool.fetchval(
+                "SELECT max(seq) FROM upload_events WHERE upload_id = $1", uuid.UUID(upload_id)
+            )
+            assert first == f"{upload_id}:{aborted_seq}", "the create sent a NOTIFY"
+        finally:
+            await listening.close()
