@@ -8,6 +8,7 @@ their work ledger (`shared.ledger`), and the relay never opens the database.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -39,17 +40,61 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
     """
 
 
+class FairPool(asyncpg.Pool):
+    """asyncpg's pool, handing its connections out first come, first served.
+
+    asyncpg keeps the free connections in a LIFO queue that a newcomer takes from at
+    once, while a caller that was already waiting is woken only to find it empty again
+    and queues anew at the back. Under load that starves some callers: at one saturated
+    gateway worker (pool 10, 32 connections signing parts) most requests took 3 ms and
+    one in a hundred 200-400 ms. One FIFO permit per connection in front of the pool
+    (asyncio's semaphore serves its waiters in order) turns the wait into a queue.
+    """
+
+    def __init__(self, *args: Any, max_size: int, **kwargs: Any) -> None:
+        super().__init__(*args, max_size=max_size, **kwargs)
+        self._turns = asyncio.Semaphore(max_size)
+        self._permitted: set[int] = set()  # the proxies handed out with a permit
+
+    async def _acquire(self, timeout: float | None) -> Any:  # noqa: ASYNC109 - asyncpg's
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        async with asyncio.timeout(timeout):
+            await self._turns.acquire()
+        try:
+            left = None if timeout is None else max(0.0, timeout - (loop.time() - started))
+            proxy = await super()._acquire(left)  # type: ignore[misc]
+        except BaseException:
+            self._turns.release()
+            raise
+        self._permitted.add(id(proxy))
+        return proxy
+
+    async def release(self, connection: Any, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        try:
+            await super().release(connection, timeout=timeout)
+        finally:
+            if id(connection) in self._permitted:
+                self._permitted.discard(id(connection))
+                self._turns.release()
+
+
 async def create_pool(dsn: str, *, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    """Open a pool whose connections decode json/jsonb to Python values."""
-    pool = await asyncpg.create_pool(
+    """Open a fair pool (`FairPool`) whose connections decode json/jsonb to Python values."""
+    pool: asyncpg.Pool = FairPool(
         dsn,
         min_size=min_size,
         max_size=max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         init=_init_connection,
         reset=_keep_session,
         timeout=10,
     )
-    assert pool is not None
+    await pool
     return pool
 
 
