@@ -15,7 +15,6 @@ import asyncpg
 from services.gateway import store
 from shared.problems import TooManyRequests
 from shared.settings import Settings
-from shared.status import BEFORE_LANDING
 
 # The create limits are checked in the create's own statement (`store.insert_admitted_upload`).
 # Serialised per owner, so two streams opened at once can't both take the last slot.
@@ -42,7 +41,6 @@ class OwnerLimits:
             burst=self._burst,
             rate=self._rate,
             max_pending=self._max_pending,
-            open_statuses=tuple(s.value for s in BEFORE_LANDING),
         )
 
     async def admit_create(self, owner: str) -> None:

@@ -216,10 +216,11 @@ delivered AS (
 )"""  # noqa: S608 - constant fragments
 
 
-def _admission(owner: str, burst: str, rate: str, statuses: str, cap: str) -> str:
+def _admission(owner: str, burst: str, rate: str, cap: str) -> str:
     """CTEs for an owner's create limits (placeholders given): take a token if there is
-    one (`take` then has a row) and count the uploads still waiting for their bytes.
-    Every CTE sees the same snapshot, so `level` is the bucket before taking."""
+    one (`take` then has a row) and read how many uploads still wait for their bytes
+    (`owner_open_uploads`, kept by triggers: migration 6). Every CTE sees the same
+    snapshot, so `level` is the bucket before taking and `open` the count before this."""
     level = (
         f"LEAST({burst}::float8,"
         f" b.tokens + EXTRACT(EPOCH FROM now() - b.updated_at) * {rate}::float8)"
@@ -234,7 +235,7 @@ take AS (
 ),
 level AS (SELECT {level} AS tokens FROM owner_buckets AS b WHERE owner = {owner}),
 open AS (
-    SELECT count(*) AS n FROM uploads WHERE owner = {owner} AND status = ANY({statuses}::text[])
+    SELECT coalesce((SELECT n FROM owner_open_uploads WHERE owner = {owner}), 0) AS n
 ),
 admitted AS (SELECT 1 FROM take, open WHERE open.n < {cap}::bigint)"""  # noqa: S608
 
@@ -254,17 +255,17 @@ FROM entry AS e
 # The same, only if the owner's limits admit it (the token is taken either way, as a
 # refused request still spent it; nothing else is written when refused).
 _INSERT_ADMITTED = f"""
-WITH {_admission("$2", "$23", "$24", "$25", "$26")},
+WITH {_admission("$2", "$23", "$24", "$25")},
 row AS (
     INSERT INTO uploads ({_COLUMNS}) SELECT {_NEW_ROW} FROM admitted
     RETURNING id, status, correlation_id
-),{_FIRST_ENTRY},{_first_event("$27", "$28", "$29")}
+),{_FIRST_ENTRY},{_first_event("$26", "$27", "$28")}
 SELECT {_ENTRY_COLUMNS}, {_OUTCOME}, (SELECT count(*) FROM queued) AS queued
 FROM (SELECT 1) AS one LEFT JOIN entry AS e ON true
 """  # noqa: S608 - constant fragments
 # Only the limits (for a multipart create, before storage is asked to open one).
 _ADMIT = (
-    f"WITH {_admission('$1', '$2', '$3', '$4', '$5')}"  # noqa: S608 - constant fragments
+    f"WITH {_admission('$1', '$2', '$3', '$4')}"  # noqa: S608 - constant fragments
     " SELECT (SELECT count(*) FROM take) AS took,"
     " (SELECT n FROM open) AS pending, (SELECT tokens FROM level) AS level"
 )
@@ -276,8 +277,7 @@ class CreateLimits:
 
     burst: float
     rate: float  # tokens per second
-    max_pending: int
-    open_statuses: tuple[str, ...]
+    max_pending: int  # uploads in `shared.status.BEFORE_LANDING` (migration 6 counts them)
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,7 +321,7 @@ def _row_args(upload: Upload) -> tuple[Any, ...]:
 
 
 def _limit_args(limits: CreateLimits) -> tuple[Any, ...]:
-    return (limits.burst, limits.rate, list(limits.open_statuses), limits.max_pending)
+    return (limits.burst, limits.rate, limits.max_pending)
 
 
 def _draft_args(outbox: Outbox, upload: Upload, actor: str) -> tuple[Any, ...]:

@@ -188,7 +188,7 @@ class UploadService:
         async with self.pool.acquire() as conn:
             if multipart:
                 await store.insert_upload(conn, upload, actor="gateway", outbox=self.outbox)
-            else:  # limits, row, first entry and NOTIFY: one statement
+            else:  # limits, row, first entry and event: one statement
                 self.limits.check(
                     await store.insert_admitted_upload(
                         conn,

@@ -182,4 +182,56 @@ MIGRATIONS: tuple[Migration, ...] = (
         DROP TABLE work_claims;
         """,
     ),
+    Migration(
+        6,
+        "open upload counts",
+        # How many uploads each owner has still waiting for their bytes (the statuses
+        # of `shared.status.BEFORE_LANDING`), kept by triggers on every insert, status
+        # change and delete, so a create's cap check reads one row instead of counting
+        # up to `max_pending_uploads` of them. The trigger is in place before the
+        # backfill, in the same transaction (which blocks writes to uploads until it
+        # commits), so nothing is missed.
+        up="""
+        CREATE TABLE owner_open_uploads (
+            owner text PRIMARY KEY,
+            n     bigint NOT NULL CHECK (n >= 0)
+        );
+        CREATE FUNCTION clearance_count_open_uploads() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP <> 'INSERT' AND OLD.status IN ('pending', 'uploading') THEN
+                UPDATE owner_open_uploads SET n = n - 1 WHERE owner = OLD.owner;
+            END IF;
+            IF TG_OP <> 'DELETE' AND NEW.status IN ('pending', 'uploading') THEN
+                INSERT INTO owner_open_uploads AS o (owner, n) VALUES (NEW.owner, 1)
+                ON CONFLICT (owner) DO UPDATE SET n = o.n + 1;
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER uploads_open_inserted AFTER INSERT ON uploads FOR EACH ROW
+            WHEN (NEW.status IN ('pending', 'uploading'))
+            EXECUTE FUNCTION clearance_count_open_uploads();
+        CREATE TRIGGER uploads_open_moved AFTER UPDATE OF status, owner ON uploads FOR EACH ROW
+            WHEN ((OLD.status IN ('pending', 'uploading'))
+                      <> (NEW.status IN ('pending', 'uploading'))
+                  OR OLD.owner <> NEW.owner)
+            EXECUTE FUNCTION clearance_count_open_uploads();
+        CREATE TRIGGER uploads_open_deleted AFTER DELETE ON uploads FOR EACH ROW
+            WHEN (OLD.status IN ('pending', 'uploading'))
+            EXECUTE FUNCTION clearance_count_open_uploads();
+        INSERT INTO owner_open_uploads (owner, n)
+            SELECT owner, count(*) FROM uploads WHERE status IN ('pending', 'uploading')
+            GROUP BY owner;
+        DROP INDEX uploads_owner_open;  -- the count it served is kept above
+        """,
+        down="""
+        CREATE INDEX uploads_owner_open ON uploads (owner)
+            WHERE status IN ('pending', 'uploading');
+        DROP TRIGGER uploads_open_deleted ON uploads;
+        DROP TRIGGER uploads_open_moved ON uploads;
+        DROP TRIGGER uploads_open_inserted ON uploads;
+        DROP FUNCTION clearance_count_open_uploads();
+        DROP TABLE owner_open_uploads;
+        """,
+    ),
 )

@@ -8,6 +8,7 @@ A database of its own: no gateway of the suite drains this outbox meanwhile.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import uuid
 from collections.abc import AsyncIterator
@@ -90,7 +91,6 @@ def limits(burst: float) -> store.CreateLimits:
         burst=burst,
         rate=0.001,
         max_pending=10,
-        open_statuses=tuple(s.value for s in BEFORE_LANDING),
     )
 
 
@@ -230,3 +230,59 @@ async def test_a_change_whose_event_cannot_be_written_is_not_committed(
     assert still.status is Status.PENDING
     assert [e.status for e in await store.timeline(pool, upload.id)] == [Status.PENDING]
     assert [e.type for e in await events_of(pool, upload.id)] == ["upload.pending"]
+
+
+async def test_the_open_upload_count_follows_every_create_move_and_delete(
+    pool: asyncpg.Pool[Any], outbox: NotificationOutbox
+) -> None:
+    """The cap on uploads not yet landed reads a count the database keeps (migration 6's
+    triggers): after creates (concurrent ones too), landings, aborts, a failed create
+    and deletes, it equals counting the owner's rows in `BEFORE_LANDING`."""
+    owner = uuid.uuid4().hex
+    open_statuses = [s.value for s in BEFORE_LANDING]
+
+    async def kept() -> int:
+        n = await pool.fetchval("SELECT n FROM owner_open_uploads WHERE owner = $1", owner)
+        return int(n or 0)
+
+    async def counted() -> int:
+        n: int = await pool.fetchval(
+            "SELECT count(*) FROM uploads WHERE owner = $1 AND status = ANY($2::text[])",
+            owner,
+            open_statuses,
+        )
+        return n
+
+    async def create() -> store.Admission:
+        async with pool.acquire() as conn:
+            return await store.insert_admitted_upload(
+                conn, pending(owner), actor="gateway", outbox=outbox, limits=limits(100)
+            )
+
+    created = await asyncio.gather(*(create() for _ in range(8)))
+    assert all(a.admitted for a in created)
+    assert sorted(a.pending for a in created)[0] == 0
+    assert await kept() == await counted() == 8
+    ids = await pool.fetch("SELECT id FROM uploads WHERE owner = $1 ORDER BY id", owner)
+    ids = [r["id"] for r in ids]
+
+    async def move(upload_id: uuid.UUID, to: Status) -> None:
+        moved = await store.transition(
+            pool, upload_id, to=to, event_id=f"{to.value}-{upload_id}", actor="t", outbox=outbox
+        )
+        assert moved is not None
+
+    await move(ids[0], Status.UPLOADING)  # still open
+    await move(ids[1], Status.UPLOADED)
+    await move(ids[1], Status.SCANNING)  # closed to closed
+    await move(ids[2], Status.ABORTED)
+    await move(ids[2], Status.ABORTED)  # a duplicate moves nothing
+    assert await kept() == await counted() == 6
+    with pytest.raises(RuntimeError):
+        async with pool.acquire() as conn:
+            await store.insert_upload(conn, pending(owner), actor="gateway", outbox=BrokenOutbox())
+    await store.delete_upload(pool, ids[0])  # open
+    await store.delete_upload(pool, ids[1])  # landed
+    assert await kept() == await counted() == 5
+    admission = await create()
+    assert admission.pending == 5
