@@ -7,7 +7,9 @@ package: `apt-get install -y wrk`) and node/npm. It brings up everything else it
 
 - its own SeaweedFS (`weed mini` on ports of its own, data in a temporary directory);
 - two gateways with their own database and queues: 1 worker and 2 workers
-  (`clearance gateway --workers N`). Creates come from many owners (500 tokens used
+  (`clearance gateway --workers N`), and a third, `clearance-1w-split`: 1 worker with
+  `CLEARANCE_GATEWAY_ANNOUNCERS=false` and a `clearance announcer` beside it, on a
+  database of their own (its CPU is in the system's figure, not the gateway's). Creates come from many owners (500 tokens used
   in turn, as real traffic does: an owner's open uploads are counted per create) and
   the per-owner limits are set out of reach in the settings (the route is measured,
   not the 429);
@@ -52,7 +54,7 @@ from devstack.layout import StackLayout
 from devstack.processes import read_record
 from devstack.seaweedfs import SeaweedComponent
 from services.gateway.auth import mint_token
-from shared.db import drop_database, recreate_database
+from shared.db import drop_database, dsn_name, recreate_database
 from shared.pipeline import delete_topology
 from shared.settings import MiB, Settings
 
@@ -69,6 +71,8 @@ WEED = {"s3": 18433, "master": 19433, "volume": 19440, "filer": 18988, "admin": 
 GATEWAY_PORTS = {1: 18435, 2: 18436}
 COMPANION_PORT = 18437
 FLOOR_PORT = 18438
+SPLIT_PORT = 18440  # 1 worker, its announcers in a process of their own (own database)
+ANNOUNCER_PORT = 18441
 UNREACHABLE = 10**9  # per-owner limits, out of reach for a load test
 
 
@@ -169,7 +173,7 @@ def database_backends(settings: Settings) -> list[int]:
         try:
             rows = await conn.fetch(
                 "SELECT pid FROM pg_stat_activity WHERE datname = $1 AND pid <> pg_backend_pid()",
-                BENCH_DB,
+                dsn_name(settings.database_url),
             )
         finally:
             await conn.close()
@@ -234,7 +238,7 @@ class Route:
     method: str
     path: str  # with {upload_id} / {key} filled per target
     body: dict[str, Any] | None = None
-    targets: tuple[str, ...] = ("clearance-1w", "clearance-2w", "companion")
+    targets: tuple[str, ...] = ("clearance-1w", "clearance-2w", "clearance-1w-split", "companion")
     one_owner: bool = False  # the route names one upload: only its owner may call it
 
 
@@ -258,7 +262,7 @@ ROUTES = [
         "POST",
         "/v1/uploads",
         {"filename": "photo.jpg", "content_type": "image/jpeg", "size": 1_000_000},
-        ("clearance-1w", "clearance-2w", "floor"),
+        ("clearance-1w", "clearance-2w", "clearance-1w-split", "floor"),
     ),
     Route(
         "POST /v1/uploads multipart",
@@ -270,7 +274,7 @@ ROUTES = [
             "size": 300 * MiB,
             "profile": "media",
         },
-        ("clearance-1w", "clearance-2w"),
+        ("clearance-1w", "clearance-2w", "clearance-1w-split"),
     ),
 ]
 
@@ -282,7 +286,7 @@ class Run:
     p99_ms: float
     errors: int
     cpu: float  # the target's own processes
-    system_cpu: float  # + its PostgreSQL backends + weed
+    system_cpu: float  # + its helpers (an announcer), its PostgreSQL backends + weed
     requests: int
 
 
@@ -293,6 +297,8 @@ class Target:
     pids: list[int]
     uses_database: bool
     tokens: list[str] = field(default_factory=list)  # one per owner, used in turn
+    settings: Settings | None = None  # its database, when not the run's
+    helpers: list[int] = field(default_factory=list)  # counted in the system's CPU only
     multipart: tuple[str, str] = ("", "")  # (upload id, key) for the sign routes
 
 
@@ -371,12 +377,14 @@ def measure(
     upload_id, key = target.multipart
     url = f"http://127.0.0.1:{target.port}" + route.path.format(upload_id=upload_id, key=key)
     own = [p for pid in target.pids for p in with_children(pid)]
-    backends = database_backends(settings) if target.uses_database else []
-    before = {pid: cpu_seconds(pid) for pid in [*own, *backends, weed_pid]}
+    database = target.settings or settings
+    backends = database_backends(database) if target.uses_database else []
+    others = [*target.helpers, weed_pid]
+    before = {pid: cpu_seconds(pid) for pid in [*own, *backends, *others]}
     out = wrk(url, route, target.tokens[:1] if route.one_owner else target.tokens, args)
     if target.uses_database:
-        backends = sorted(set(backends) | set(database_backends(settings)))
-    spent = {pid: cpu_seconds(pid) - before.get(pid, 0.0) for pid in [*own, *backends, weed_pid]}
+        backends = sorted(set(backends) | set(database_backends(database)))
+    spent = {pid: cpu_seconds(pid) - before.get(pid, 0.0) for pid in [*own, *backends, *others]}
     rps, p50, p99, errors, total = parse_wrk(out)
     if errors:
         print(
@@ -442,10 +450,20 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, list[Run]]]:
     print(weed.up(), flush=True)
     routes = [r for r in ROUTES if not args.only or args.only in r.name]
     results: dict[str, dict[str, list[Run]]] = {r.name: {t: [] for t in r.targets} for r in routes}
+    # The split gateway relays nothing itself; its announcer drains its own database
+    # (in the run's, it would take the other gateways' rows and their CPU with them).
+    split = settings.model_copy(
+        update={
+            "database_url": f"{settings.database_url}_split",
+            "gateway_announcers": False,
+        }
+    )
     try:
         asyncio.run(recreate_database(settings.database_url))
+        asyncio.run(recreate_database(split.database_url))
         install_companion()
         env = {**os.environ, **settings_environment(settings)}
+        split_env = {**os.environ, **settings_environment(split)}
         companion_env = {
             **os.environ,
             "COMPANION_PORT": str(COMPANION_PORT),
@@ -464,9 +482,14 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, list[Run]]]:
             started([*clearance, "--workers=2", f"--port={GATEWAY_PORTS[2]}"], env) as gw2,
             started(["node", "companion_server.mjs"], companion_env, cwd=NODE_DIR) as node,
             started([sys.executable, __file__, "--serve-floor"], env) as floor,
+            started([*clearance, "--workers=1", f"--port={SPLIT_PORT}"], split_env) as gw_split,
+            started(
+                [sys.executable, "-m", "commands", "announcer", f"--port={ANNOUNCER_PORT}"],
+                split_env,
+            ) as announcer,
         ):
             deadline = time.monotonic() + 60
-            for port in (*GATEWAY_PORTS.values(), FLOOR_PORT):
+            for port in (*GATEWAY_PORTS.values(), FLOOR_PORT, SPLIT_PORT, ANNOUNCER_PORT):
                 wait_http(f"http://127.0.0.1:{port}/healthz", deadline, ok=(200, 404, 405))
             wait_http(f"http://127.0.0.1:{COMPANION_PORT}/", deadline, ok=(200, 404))
             record = read_record(layout.pid_file("seaweedfs"))
@@ -480,6 +503,15 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, list[Run]]]:
                 "clearance-2w": Target("clearance-2w", GATEWAY_PORTS[2], [gw2], True, tokens),
                 "companion": Target("companion", COMPANION_PORT, [node], False),
                 "floor": Target("floor", FLOOR_PORT, [floor], True),
+                "clearance-1w-split": Target(
+                    "clearance-1w-split",
+                    SPLIT_PORT,
+                    [gw_split],
+                    True,
+                    tokens,
+                    settings=split,
+                    helpers=[announcer],
+                ),
             }
             for target in targets.values():
                 if target.name == "floor":
@@ -512,6 +544,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, list[Run]]]:
     finally:
         print(weed.down(), flush=True)
         asyncio.run(forget(settings))
+        asyncio.run(drop_database(split.database_url))
         shutil.rmtree(state, ignore_errors=True)
     return results
 
@@ -527,8 +560,9 @@ def report(results: dict[str, dict[str, list[Run]]], args: argparse.Namespace) -
     print()
     print(f"median of {args.rounds} rounds; per CPU = requests per CPU second of the target's")
     print("own processes; per sys-CPU = per CPU second of target + its PostgreSQL backends + weed")
+    print("(+ its announcer for clearance-1w-split, whose gateway publishes no events itself)")
     header = (
-        f"  {'route':<27} {'target':<13} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
+        f"  {'route':<27} {'target':<18} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'p99/p50':>7} {'non-2xx':>7} {'per CPU':>8} {'per sys-CPU':>11}"
     )
     print(header)
@@ -546,7 +580,7 @@ def report(results: dict[str, dict[str, list[Run]]], args: argparse.Namespace) -
             summary[(route, name)] = (rps, per_cpu, per_sys)
             flag = "" if errors == 0 else "  INVALID"
             print(
-                f"  {route:<27} {name:<13} {rps:7.0f} {p50:7.2f} {p99:7.2f} {p99 / p50:7.1f} "
+                f"  {route:<27} {name:<18} {rps:7.0f} {p50:7.2f} {p99:7.2f} {p99 / p50:7.1f} "
                 f"{errors:7d} {per_cpu:8.0f} {per_sys:11.0f}{flag}"
             )
     print()
@@ -555,13 +589,13 @@ def report(results: dict[str, dict[str, list[Run]]], args: argparse.Namespace) -
         base = "companion" if "companion" in by_target else "floor" if "floor" in by_target else ""
         if not base:
             continue
-        for ours in ("clearance-1w", "clearance-2w"):
+        for ours in ("clearance-1w", "clearance-2w", "clearance-1w-split"):
             if ours not in by_target:
                 continue
             rps, cpu, sys_cpu = summary[(route, ours)]
             b_rps, b_cpu, b_sys = summary[(route, base)]
             print(
-                f"  {route:<27} {ours} / {base:<9}  req/s {rps / b_rps:5.2f}   "
+                f"  {route:<27} {ours:<18} / {base:<9}  req/s {rps / b_rps:5.2f}   "
                 f"per CPU {cpu / b_cpu:5.2f}   per sys-CPU {sys_cpu / b_sys:5.2f}"
             )
             if base == "companion":

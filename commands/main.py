@@ -107,6 +107,16 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_announcer(args: argparse.Namespace) -> int:
+    from services.gateway.announcer import serve
+
+    settings = _settings()
+    _configure_logging(settings)
+    _use_uvloop()
+    serve(settings, args.host or settings.announcer_host, args.port or settings.announcer_port)
+    return 0
+
+
 def cmd_scanner(args: argparse.Namespace) -> int:
     from services.scanner.worker import build_scanner
     from shared.pipeline import scanner_queue
@@ -212,6 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--supervisor", type=int, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_gateway)
+
+    p = sub.add_parser(
+        "announcer",
+        help="run the outbox relay and webhook dispatcher on their own"
+        " (with CLEARANCE_GATEWAY_ANNOUNCERS=false on the gateways)",
+    )
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_announcer)
 
     p = sub.add_parser("relay", help="run the storage-notification relay (webhooks → RabbitMQ)")
     p.set_defaults(func=cmd_relay)

@@ -248,6 +248,13 @@ class Settings(BaseSettings):
     notifications_exchange: str = "clearance.notifications"
     notifications_amqp_url: str | None = None
     outbox_batch_size: int = Field(default=500, ge=1, le=10_000)
+    # Where the announcers (outbox relay, webhook dispatcher) run: in every gateway
+    # process (true), or only in `clearance announcer` processes (false), which keeps
+    # the event publishing (~90 µs of CPU per event) out of the request processes; the
+    # gateway then wakes them with one NOTIFY per few milliseconds of creates.
+    gateway_announcers: bool = True
+    announcer_host: str = "127.0.0.1"
+    announcer_port: Port = 8082
     outbox_poll_seconds: float = Field(default=2.0, gt=0, le=300)
     # After a wake-up, wait this long so that changes committed meanwhile share the pass.
     outbox_linger_seconds: float = Field(default=0.01, ge=0, le=1)

@@ -62,7 +62,7 @@ STORAGE_CONNECTIONS = 64
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-async def _database(app: web.Application) -> AsyncIterator[None]:
+async def database_context(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pool = await create_pool(
         settings.database_url, min_size=settings.db_pool_min, max_size=settings.db_pool_max
@@ -89,6 +89,7 @@ async def _storage(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _uploads(app: web.Application) -> AsyncIterator[None]:
+    listener = app[LISTENER]
     app[UPLOADS] = UploadService(
         app[SETTINGS],
         app[POOL],
@@ -96,7 +97,10 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
         app[PRESIGNER],
         app.get(PUBLISHER),
         app[METRICS],
-        announce=app[LISTENER].announce,
+        # Announcers here: woken in-process; elsewhere (`clearance announcer`): by NOTIFY.
+        announce=(
+            listener.announce if app[SETTINGS].gateway_announcers else listener.announce_elsewhere
+        ),
     )
     yield
 
@@ -193,9 +197,11 @@ def create_app(
     """Build the gateway. Resources open on start-up and close on clean-up, in order.
 
     With several gateway processes, one runs the recorder and the reconciler; every
-    one runs the relay of public events (`with_outbox_relay`, default: `with_broker`)
-    and, whenever endpoints are configured, the webhook dispatcher.
+    one runs the announcers unless `gateway_announcers` is off (then `clearance
+    announcer` does): the relay of public events (`with_outbox_relay`, default:
+    `with_broker`) and, whenever endpoints are configured, the webhook dispatcher.
     """
+    announcers = settings.gateway_announcers
     metrics = GatewayMetrics()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -223,7 +229,7 @@ def create_app(
     app[METRICS] = metrics
     app[VERIFIER] = TokenVerifier(settings)
     app[PRESIGNER] = browser_presigner(settings)
-    app.cleanup_ctx.append(_database)
+    app.cleanup_ctx.append(database_context)
     app.cleanup_ctx.append(_storage)
     app.cleanup_ctx.append(listener_context)
     if with_broker:
@@ -233,9 +239,10 @@ def create_app(
         app.cleanup_ctx.append(recorder_context)
     if with_reconciler:
         app.cleanup_ctx.append(reconciler_context)
-    if with_broker if with_outbox_relay is None else with_outbox_relay:
+    if (with_broker and announcers) if with_outbox_relay is None else with_outbox_relay:
         app.cleanup_ctx.append(outbox_relay_context)
-    app.cleanup_ctx.append(webhooks_context)
+    if announcers:
+        app.cleanup_ctx.append(webhooks_context)
 
     r = app.router
     r.add_get("/healthz", healthz)

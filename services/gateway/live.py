@@ -29,6 +29,10 @@ from shared.db import connect_raw
 log = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = 1.0
+# A create's wake-up for announcers in other processes (`announce_elsewhere`): sent this
+# long after the first create that asks, for all the creates of that time together.
+WAKE_SECONDS = 0.005
+WAKE_PAYLOAD = "announce"
 
 
 class Listener:
@@ -40,6 +44,9 @@ class Listener:
         self._any: set[asyncio.Event] = set()  # woken by every notification
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self._conn: asyncpg.Connection | None = None
+        self._wake_task: asyncio.Task[None] | None = None
+        self._wake_wanted = False
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="pg-listener")
@@ -47,6 +54,10 @@ class Listener:
         await asyncio.wait_for(self._connected.wait(), timeout=10)
 
     async def close(self) -> None:
+        if self._wake_task is not None:
+            self._wake_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._wake_task
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -81,6 +92,30 @@ class Listener:
         for event in self._any:
             event.set()
 
+    def announce_elsewhere(self) -> None:
+        """Wake the announcers of other processes (`clearance announcer`) after a create:
+        one NOTIFY for the creates of the next `WAKE_SECONDS`, sent after their commits
+        on this process's LISTEN connection. Never inside a create's transaction, so the
+        lock PostgreSQL holds for a notifying commit never holds a create's commit; if
+        the connection is away, the announcers' polling finds the rows."""
+        self._wake_wanted = True
+        if self._wake_task is None or self._wake_task.done():
+            self._wake_task = asyncio.create_task(self._send_wakes(), name="announce-wake")
+
+    async def _send_wakes(self) -> None:
+        while self._wake_wanted:
+            await asyncio.sleep(WAKE_SECONDS)
+            # A create that asks from here on gets a NOTIFY sent after its commit.
+            self._wake_wanted = False
+            conn = self._conn
+            if conn is None or conn.is_closed():
+                return
+            try:
+                await conn.execute("SELECT pg_notify($1, $2)", store.NOTIFY_CHANNEL, WAKE_PAYLOAD)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("announcer wake-up not sent (%s); they poll", exc)
+                return
+
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
         for event in self._any:
             event.set()
@@ -111,12 +146,14 @@ class Listener:
             conn.add_termination_listener(functools.partial(_set_on_close, lost))
             try:
                 await conn.add_listener(store.NOTIFY_CHANNEL, self._on_notify)
+                self._conn = conn
                 self._connected.set()
                 # Anything notified while we were away is picked up by re-reading.
                 self._wake_all()
                 await lost.wait()
                 log.warning("LISTEN connection lost; reconnecting")
             finally:
+                self._conn = None
                 with contextlib.suppress(Exception):
                     await conn.close(timeout=2)
             await asyncio.sleep(RECONNECT_SECONDS)

@@ -13,7 +13,7 @@ import contextlib
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aio_pika
 import asyncpg
@@ -22,8 +22,9 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
+from services.gateway.announcer import create_announcer_app
 from services.gateway.app import create_app
-from services.gateway.appkeys import METRICS, POOL
+from services.gateway.appkeys import METRICS, POOL, SETTINGS
 from services.gateway.notifications import event_id
 from services.gateway.store import NOTIFY_CHANNEL
 from shared.db import migrate
@@ -51,9 +52,10 @@ async def broker_link(settings: Settings) -> AsyncIterator[LinkProxy]:
 
 @contextlib.asynccontextmanager
 async def gateway_of_its_own(
-    settings: Settings, database: str, **overrides: object
+    settings: Settings, database: str, *, announcers: bool = True, **overrides: object
 ) -> AsyncIterator[TestServer]:
-    """A gateway with its outbox relay and a fresh database no other replica drains."""
+    """A gateway with a fresh database no other replica drains, with its outbox relay
+    (or, `announcers=False`, with none: an announcer process has it)."""
     base = settings.database_url.rsplit("/", 1)[0]
     admin = await asyncpg.connect(f"{base}/postgres")
     try:
@@ -64,11 +66,16 @@ async def gateway_of_its_own(
     await migrate(f"{base}/{database}")
     app = create_app(
         settings.model_copy(
-            update={"database_url": f"{base}/{database}", "webhooks": (), **overrides}
+            update={
+                "database_url": f"{base}/{database}",
+                "webhooks": (),
+                "gateway_announcers": announcers,
+                **overrides,
+            }
         ),
         with_broker=False,  # no recorder: it would take the suite's pipeline events
         with_reconciler=False,
-        with_outbox_relay=True,
+        with_outbox_relay=announcers,
     )
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
@@ -242,3 +249,56 @@ async def test_a_create_sends_no_notify_and_its_own_relay_announces_it_at_once(
             assert first == f"{upload_id}:{aborted_seq}", "the create sent a NOTIFY"
         finally:
             await listening.close()
+
+
+async def test_an_announcer_of_its_own_relays_the_gateways_creates_and_moves(
+    settings: Settings,
+    stack_up: None,
+    stream: Stream,
+    http: ClientSession,
+    token: Callable[..., str],
+) -> None:
+    """`CLEARANCE_GATEWAY_ANNOUNCERS=false`: the gateway relays nothing itself; the
+    `clearance announcer` app does, woken by the gateway's create wake-up (polling a
+    minute apart is out of the picture) and by the abort's NOTIFY."""
+    database = f"{OUTBOX_DB}_announcer"
+    async with gateway_of_its_own(
+        settings, database, announcers=False, outbox_poll_seconds=60.0
+    ) as gateway:
+        assert (
+            gateway.app[METRICS].registry.get_sample_value("clearance_outbox_published_total")
+            is None
+        ), "the gateway runs an outbox relay of its own"
+        own = settings.model_copy(
+            update={
+                "database_url": gateway.app[SETTINGS].database_url,
+                "webhooks": (),
+                "outbox_poll_seconds": 60.0,
+            }
+        )
+        announcer = TestServer(create_announcer_app(own), host="127.0.0.1")
+        await announcer.start_server()
+        try:
+            base = str(gateway.make_url("")).rstrip("/")
+            auth = {"Authorization": f"Bearer {token()}"}
+            async with http.post(f"{base}/v1/uploads", json=DECLARED, headers=auth) as resp:
+                assert resp.status == 201, await resp.text()
+                upload_id = (await resp.json())["id"]
+
+            async def announced(n: int) -> Callable[[], Awaitable[bool]]:
+                async def check() -> bool:
+                    return len(stream.of({upload_id})) == n
+
+                return check
+
+            await eventually(await announced(1), timeout=5, what="the create's event")
+            async with http.delete(f"{base}/v1/uploads/{upload_id}", headers=auth) as resp:
+                assert resp.status == 204, await resp.text()
+            await eventually(await announced(2), timeout=5, what="the abort's event")
+            assert [m.type for m in stream.of({upload_id})] == ["upload.pending", "upload.aborted"]
+            published = announcer.app[METRICS].registry.get_sample_value(
+                "clearance_outbox_published_total"
+            )
+            assert published == 2
+        finally:
+            await announcer.close()
