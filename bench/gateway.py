@@ -9,8 +9,8 @@ package: `apt-get install -y wrk`) and node/npm. It brings up everything else it
 - two gateways with their own database and queues: 1 worker and 2 workers
   (`clearance gateway --workers N`), and a third, `clearance-1w-split`: 1 worker with
   `CLEARANCE_GATEWAY_ANNOUNCERS=false` and a `clearance announcer` beside it, on a
-  database of their own (its CPU is in the system's figure, not the gateway's). Creates come from many owners (500 tokens used
-  in turn, as real traffic does: an owner's open uploads are counted per create) and
+  database of their own (its CPU is in the system's figure, not the gateway's).
+  Creates come from many owners (500 tokens used in turn, as real traffic does) and
   the per-owner limits are set out of reach in the settings (the route is measured,
   not the 429);
 - Uppy Companion 6.2.2 + express 4.21.2, installed with npm into `bench/.node/`
