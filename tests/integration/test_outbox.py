@@ -129,6 +129,18 @@ async def stream(settings: Settings) -> AsyncIterator[Stream]:
         yield received
 
 
+async def create(http: ClientSession, base: str, auth: dict[str, str]) -> str:
+    async with http.post(f"{base}/v1/uploads", json=DECLARED, headers=auth) as resp:
+        assert resp.status == 201, await resp.text()
+        upload_id: str = (await resp.json())["id"]
+    return upload_id
+
+
+async def abort(http: ClientSession, base: str, auth: dict[str, str], upload_id: str) -> None:
+    async with http.delete(f"{base}/v1/uploads/{upload_id}", headers=auth) as resp:
+        assert resp.status == 204, await resp.text()
+
+
 async def test_a_broker_outage_delays_the_stream_but_loses_or_repeats_nothing(
     outbox_gateway: TestServer,
     broker_link: LinkProxy,
@@ -142,23 +154,16 @@ async def test_a_broker_outage_delays_the_stream_but_loses_or_repeats_nothing(
     auth = {"Authorization": f"Bearer {token()}"}
     ids: list[str] = []
 
-    async def create() -> str:
-        async with http.post(f"{base}/v1/uploads", json=DECLARED, headers=auth) as resp:
-            assert resp.status == 201, await resp.text()
-            upload_id: str = (await resp.json())["id"]
-        ids.append(upload_id)
-        return upload_id
-
-    async def abort(upload_id: str) -> None:
-        async with http.delete(f"{base}/v1/uploads/{upload_id}", headers=auth) as resp:
-            assert resp.status == 204, await resp.text()
+    async def created() -> str:
+        ids.append(await create(http, base, auth))
+        return ids[-1]
 
     async def backlog() -> int:
         count: int = await pool.fetchval("SELECT count(*) FROM outbox")
         return count
 
     # The link works: the first uploads are announced at once.
-    before = [await create() for _ in range(3)]
+    before = [await created() for _ in range(3)]
 
     async def announced() -> bool:
         return len(stream.of(set(before))) == 3
@@ -167,10 +172,10 @@ async def test_a_broker_outage_delays_the_stream_but_loses_or_repeats_nothing(
 
     await broker_link.cut()
     for upload_id in before:
-        await abort(upload_id)
-    during = [await create() for _ in range(20)]
+        await abort(http, base, auth, upload_id)
+    during = [await created() for _ in range(20)]
     for upload_id in during[::2]:
-        await abort(upload_id)
+        await abort(http, base, auth, upload_id)
     written = 3 + 20 + 10
     # Every change committed; every event waits in the outbox.
     assert await backlog() == written
@@ -232,16 +237,13 @@ async def test_a_create_sends_no_notify_and_its_own_relay_announces_it_at_once(
         try:
             base = str(server.make_url("")).rstrip("/")
             auth = {"Authorization": f"Bearer {token()}"}
-            async with http.post(f"{base}/v1/uploads", json=DECLARED, headers=auth) as resp:
-                assert resp.status == 201, await resp.text()
-                upload_id = (await resp.json())["id"]
+            upload_id = await create(http, base, auth)
 
             async def announced() -> bool:
                 return len(stream.of({upload_id})) == 1
 
             await eventually(announced, timeout=5, what="the create's event on the stream")
-            async with http.delete(f"{base}/v1/uploads/{upload_id}", headers=auth) as resp:
-                assert resp.status == 204, await resp.text()
+            await abort(http, base, auth, upload_id)
             first = await asyncio.wait_for(notified.get(), timeout=10)
             aborted_seq = await pool.fetchval(
                 "SELECT max(seq) FROM upload_events WHERE upload_id = $1", uuid.UUID(upload_id)
@@ -281,9 +283,7 @@ async def test_an_announcer_of_its_own_relays_the_gateways_creates_and_moves(
         try:
             base = str(gateway.make_url("")).rstrip("/")
             auth = {"Authorization": f"Bearer {token()}"}
-            async with http.post(f"{base}/v1/uploads", json=DECLARED, headers=auth) as resp:
-                assert resp.status == 201, await resp.text()
-                upload_id = (await resp.json())["id"]
+            upload_id = await create(http, base, auth)
 
             async def announced(n: int) -> Callable[[], Awaitable[bool]]:
                 async def check() -> bool:
@@ -292,8 +292,7 @@ async def test_an_announcer_of_its_own_relays_the_gateways_creates_and_moves(
                 return check
 
             await eventually(await announced(1), timeout=5, what="the create's event")
-            async with http.delete(f"{base}/v1/uploads/{upload_id}", headers=auth) as resp:
-                assert resp.status == 204, await resp.text()
+            await abort(http, base, auth, upload_id)
             await eventually(await announced(2), timeout=5, what="the abort's event")
             assert [m.type for m in stream.of({upload_id})] == ["upload.pending", "upload.aborted"]
             published = announcer.app[METRICS].registry.get_sample_value(
