@@ -150,6 +150,12 @@ class TooManyRequests(Problem):
         super().__init__(detail, headers={"Retry-After": str(max(1, retry_after))}, **extra)
 
 
+class URITooLong(Problem):
+    status = 414
+    slug = "uri-too-long"
+    title = "URI too long"
+
+
 class HeadersTooLarge(Problem):
     status = 431
     slug = "request-header-fields-too-large"

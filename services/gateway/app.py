@@ -38,6 +38,7 @@ from services.gateway.middlewares import (
     cors_middleware,
     dependency_middleware,
     header_limit_middleware,
+    parser_limits,
     request_id_middleware,
 )
 from services.gateway.notifier import outbox_relay_context, webhooks_context
@@ -215,9 +216,7 @@ def create_app(
             auth_middleware,
         ],
         handler_args={
-            "max_headers": settings.max_headers,
-            "max_field_size": 8190,
-            "max_line_size": 8190,
+            **parser_limits(settings.max_headers),
             # Closes a connection that has not sent a whole request head this long after
             # connecting or after its last answer (aiohttp's keep-alive timer covers both).
             "keepalive_timeout": settings.http_idle_timeout_seconds,

@@ -153,12 +153,24 @@ async def test_hostile_tokens_get_401(
 
 
 async def test_header_limits(http: ClientSession, gateway: str, settings: Settings) -> None:
+    """Each limit of a request head is its own precise problem: too many fields, one
+    field too long, all of them too long (431), a request target too long (414)."""
     auth = bearer(settings)
     many = {f"x-h{i}": "v" for i in range(settings.max_headers + 10)}
     async with http.get(f"{gateway}/v1/uploads", headers=auth | many) as resp:
-        assert resp.status in (400, 431), resp.status
+        body = await problem(resp, 431)
+        assert f"at most {settings.max_headers}" in body["detail"]
+    one = {"x-big": "v" * 12_000}
+    async with http.get(f"{gateway}/v1/uploads", headers=auth | one) as resp:
+        body = await problem(resp, 431)
+        assert "'x-big'" in body["detail"].lower()
     large = {f"x-big{i}": "v" * 4000 for i in range(12)}  # 48 KB in all, each field < 8 KB
     async with http.get(f"{gateway}/v1/uploads", headers=auth | large) as resp:
+        await problem(resp, 431)
+    async with http.get(f"{gateway}/v1/uploads?cursor={'c' * 12_000}", headers=auth) as resp:
+        await problem(resp, 414)
+    # Without a token too: the head is refused before anything reads it.
+    async with http.get(f"{gateway}/v1/uploads", headers=one) as resp:
         await problem(resp, 431)
 
 
