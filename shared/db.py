@@ -105,6 +105,15 @@ async def connect_raw(dsn: str) -> asyncpg.Connection:
     return conn
 
 
+async def connect_watched(dsn: str) -> tuple[asyncpg.Connection, asyncio.Event]:
+    """`connect_raw`, and an event set once the server ends the connection (for a
+    long-lived connection: LISTEN, a lock held for its session)."""
+    conn = await connect_raw(dsn)
+    lost = asyncio.Event()
+    conn.add_termination_listener(lambda _conn: lost.set())
+    return conn, lost
+
+
 @asynccontextmanager
 async def connect(dsn: str) -> AsyncIterator[asyncpg.Connection]:
     conn = await connect_raw(dsn)

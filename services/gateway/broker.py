@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 
 import asyncpg
 from aiohttp import web
@@ -26,8 +26,9 @@ from services.gateway.recorder import StatusRecorder
 from shared.amqp.broker import open_broker
 from shared.amqp.consumer import Consumer
 from shared.amqp.metrics import ConsumerMetrics
-from shared.db import connect_raw
+from shared.db import connect_watched
 from shared.pipeline import all_queues, recorder_queue
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +57,7 @@ async def recorder_context(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 async def _lead(app: web.Application, metrics: ConsumerMetrics) -> None:
@@ -67,13 +66,11 @@ async def _lead(app: web.Application, metrics: ConsumerMetrics) -> None:
     spec = recorder_queue(settings)
     while True:
         try:
-            conn = await connect_raw(settings.database_url)
+            conn, lost = await connect_watched(settings.database_url)
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
             log.warning("recorder: no database connection for its lock (%s); retrying", exc)
             await asyncio.sleep(LEADER_POLL_SECONDS)
             continue
-        lost = asyncio.Event()
-        conn.add_termination_listener(_setter(lost))
         try:
             while not await conn.fetchval("SELECT pg_try_advisory_lock(hashtext($1))", spec.name):
                 with contextlib.suppress(TimeoutError):
@@ -92,10 +89,6 @@ async def _lead(app: web.Application, metrics: ConsumerMetrics) -> None:
             with contextlib.suppress(Exception):
                 await conn.close(timeout=2)
         await asyncio.sleep(LEADER_POLL_SECONDS / 4)
-
-
-def _setter(event: asyncio.Event) -> Callable[[object], None]:
-    return lambda _conn: event.set()
 
 
 async def _consume_until(

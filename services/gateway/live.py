@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import uuid
 from collections import defaultdict
@@ -24,7 +23,8 @@ from aiohttp import web
 from services.gateway import store
 from services.gateway.appkeys import LISTENER, POOL, SETTINGS
 from services.gateway.base import BaseView, whole_number
-from shared.db import connect_raw
+from shared.db import connect_watched
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,8 @@ class Listener:
         await asyncio.wait_for(self._connected.wait(), timeout=10)
 
     async def close(self) -> None:
-        if self._wake_task is not None:
-            self._wake_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._wake_task
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._wake_task)
+        await cancel_and_wait(self._task)
 
     @contextlib.contextmanager
     def subscribe(self, upload_id: uuid.UUID) -> Iterator[asyncio.Event]:
@@ -117,8 +111,7 @@ class Listener:
                 return
 
     def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: object) -> None:
-        for event in self._any:
-            event.set()
+        self.announce()
         upload_id, _, _seq = str(payload).partition(":")
         try:
             key = uuid.UUID(upload_id)
@@ -128,8 +121,7 @@ class Listener:
             event.set()
 
     def _wake_all(self) -> None:
-        for event in self._any:
-            event.set()
+        self.announce()
         for waiters in self._waiters.values():
             for event in waiters:
                 event.set()
@@ -137,13 +129,11 @@ class Listener:
     async def _run(self) -> None:
         while True:
             try:
-                conn = await connect_raw(self._dsn)
+                conn, lost = await connect_watched(self._dsn)
             except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
                 log.warning("LISTEN connection failed (%s); retrying", exc)
                 await asyncio.sleep(RECONNECT_SECONDS)
                 continue
-            lost = asyncio.Event()
-            conn.add_termination_listener(functools.partial(_set_on_close, lost))
             try:
                 await conn.add_listener(store.NOTIFY_CHANNEL, self._on_notify)
                 self._conn = conn
@@ -157,10 +147,6 @@ class Listener:
                 with contextlib.suppress(Exception):
                     await conn.close(timeout=2)
             await asyncio.sleep(RECONNECT_SECONDS)
-
-
-def _set_on_close(lost: asyncio.Event, _conn: object) -> None:
-    lost.set()
 
 
 async def listener_context(app: web.Application) -> AsyncIterator[None]:

@@ -11,7 +11,6 @@ on shutdown before the connections they use close.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -22,6 +21,7 @@ from services.gateway.appkeys import LISTENER, METRICS, POOL, SETTINGS
 from services.gateway.outbox import OutboxMetrics, OutboxRelay
 from services.gateway.webhooks import WebhookDispatcher, WebhookMetrics
 from shared.amqp.topology import connect
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,7 @@ async def _stop(task: asyncio.Task[None], wake: asyncio.Event, grace: float) -> 
         await asyncio.wait_for(asyncio.shield(task), grace)
     except TimeoutError:
         log.warning("%s still busy after %.0f s; cancelling", task.get_name(), grace)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)
 
 
 async def outbox_relay_context(app: web.Application) -> AsyncIterator[None]:

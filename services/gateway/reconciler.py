@@ -13,7 +13,6 @@ events, which every consumer drops when they are duplicates.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -29,6 +28,7 @@ from services.gateway.uploads import UploadService
 from shared.events import ObjectCreated, ScanClean, scan_clean_id
 from shared.problems import Problem, ServiceUnavailable
 from shared.status import Status
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,4 @@ async def reconciler_context(app: web.Application) -> AsyncIterator[None]:
     try:
         yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await cancel_and_wait(task)

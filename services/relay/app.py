@@ -10,7 +10,6 @@ with `sqs_queue_url` set, the relay also long-polls S3's notifications from SQS
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -40,6 +39,7 @@ from shared.events import ObjectCreated
 from shared.pipeline import all_queues
 from shared.problems import BadRequest, ServiceUnavailable, Unauthorized, problem_middleware
 from shared.settings import Settings
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -192,10 +192,7 @@ def _catch_up(periodic: bool) -> Callable[[web.Application], AsyncIterator[None]
             yield
         finally:
             connection.reconnect_callbacks.discard(broker_back)
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await cancel_and_wait(task)
 
     return context
 
@@ -212,9 +209,7 @@ async def _sqs(app: web.Application) -> AsyncIterator[None]:
         finally:
             # A receive under way is dropped: its messages come back after the
             # visibility timeout (their events are duplicates then, dropped by id).
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
 
 def create_app(
