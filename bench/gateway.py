@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import re
@@ -201,7 +202,7 @@ def serve_floor() -> int:
     # Owners in turn, as the gateway's load has them (one owner's rows would all
     # update its one open-uploads count).
     owners = [f"floor-{i}" for i in range(500)]
-    turn = iter(range(10**12))
+    turn = itertools.count()
 
     async def insert(request: web.Request) -> web.Response:
         body = await request.json()
