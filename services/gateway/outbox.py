@@ -19,8 +19,9 @@ Order: an upload's events are published in the order of their changes. Rows of o
 upload get increasing ids in commit order (its changes are serialised by the row
 lock); a pass publishes a row only if every older row of the same upload is in its
 own claim (another replica's claim blocks it), and publishes its claim in waves: the
-first pending event of each upload, then the second, … each wave confirmed before the
-next starts and the pass stopped at the first failure. After a lost confirm, an
+first pending event of each upload, then the second, … each wave written to the broker
+in one write (`publish_all_confirmed`) and confirmed before the next starts, and the
+pass stopped at the first failure. After a lost confirm, an
 event may be published twice (same `message_id` = event id); never out of order.
 """
 
@@ -42,7 +43,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from services.gateway import webhooks
 from services.gateway.notifications import upload_event
 from services.gateway.store import DATABASE_ERRORS, DRAFT_SEQ, EventDraft, TimelineEntry, Upload
-from shared.amqp.publisher import PublishFailed, publish_confirmed
+from shared.amqp.publisher import Outgoing, PublishFailed, json_properties, publish_all_confirmed
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -159,18 +160,18 @@ def waves(rows: Sequence[asyncpg.Record]) -> list[list[asyncpg.Record]]:
     return grouped
 
 
-def _message(row: asyncpg.Record) -> aio_pika.Message:
-    created: datetime = row["created_at"]
-    return aio_pika.Message(
+def _outgoing(row: asyncpg.Record) -> Outgoing:
+    return Outgoing(
+        routing_key=row["routing_key"],
         body=row["body"].encode(),
-        content_type="application/json",
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=row["event_id"],
-        correlation_id=row["correlation_id"],
-        type=row["routing_key"],
-        timestamp=created,
-        app_id=APP_ID,
-        headers={"upload_id": str(row["upload_id"])},
+        properties=json_properties(
+            message_id=row["event_id"],
+            correlation_id=row["correlation_id"],
+            message_type=row["routing_key"],
+            timestamp=row["created_at"],
+            app_id=APP_ID,
+            headers={"upload_id": str(row["upload_id"])},
+        ),
     )
 
 
@@ -271,16 +272,18 @@ class OutboxRelay:
             confirmed: list[int] = []
             failure: PublishFailed | None = None
             for wave in waves(rows):
-                results = await asyncio.gather(
-                    *(self._publish(row) for row in wave), return_exceptions=True
+                results = await publish_all_confirmed(
+                    self._channel,
+                    self._settings.notifications_exchange,
+                    [_outgoing(row) for row in wave],
+                    timeout=self._settings.outbox_publish_timeout_seconds,
+                    mandatory=False,  # an application may listen through webhooks only
                 )
                 for row, result in zip(wave, results, strict=True):
                     if result is None:
                         confirmed.append(row["id"])
-                    elif isinstance(result, PublishFailed):
+                    else:
                         failure = result
-                    elif isinstance(result, BaseException):
-                        raise result
                 if failure is not None:
                     break
             if confirmed:
@@ -294,14 +297,3 @@ class OutboxRelay:
         if failure is not None:
             raise failure
         return len(confirmed), len(rows)
-
-    async def _publish(self, row: asyncpg.Record) -> None:
-        assert self._channel is not None
-        await publish_confirmed(
-            self._channel,
-            self._settings.notifications_exchange,
-            row["routing_key"],
-            _message(row),
-            timeout=self._settings.outbox_publish_timeout_seconds,
-            mandatory=False,  # an application may listen through webhooks only
-        )

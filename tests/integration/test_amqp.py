@@ -13,12 +13,13 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import aio_pika
 import aio_pika.abc
 import pytest
+from pamqp.header import ContentHeader
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
@@ -40,6 +41,7 @@ from shared.amqp import (
     retry_queue_name,
     run_until_signalled,
 )
+from shared.amqp.publisher import Outgoing, json_properties, publish_all_confirmed
 from shared.events import AnyEvent, ObjectCreated, ScanClean, UploadFailed
 from shared.settings import Settings
 from tests.proxy import LinkProxy
@@ -264,6 +266,117 @@ async def test_publish_to_a_missing_exchange_raises_and_the_channel_recovers(
     await good.publish(event, timeout=5)
     message = await broker.get(spec.name)
     assert message.message_id == event.event_id
+
+
+def test_json_properties_are_the_ones_aio_pika_builds_byte_for_byte() -> None:
+    when = datetime(2026, 12, 1, 19, 30, 5, tzinfo=UTC)
+    cases = [
+        ("e-1", "corr-1", "upload.created", {"upload_id": str(uuid.uuid4())}),
+        ("e-2", None, "upload.ready", {}),
+        ("é-3", "c" * 200, "upload.failed", {"upload_id": "x", "n": 3}),
+    ]
+    for message_id, correlation_id, kind, headers in cases:
+        theirs = aio_pika.Message(
+            b"{}",
+            headers=dict(headers),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message_id,
+            correlation_id=correlation_id,
+            type=kind,
+            timestamp=when,
+            app_id="clearance-gateway",
+        ).properties
+        ours = json_properties(
+            message_id=message_id,
+            correlation_id=correlation_id,
+            message_type=kind,
+            timestamp=when,
+            app_id="clearance-gateway",
+            headers=dict(headers),
+        )
+        assert (
+            ContentHeader(properties=ours, body_size=2).marshal()
+            == ContentHeader(properties=theirs, body_size=2).marshal()
+        )
+
+
+def _outgoing(routing_key: str, n: int) -> Outgoing:
+    return Outgoing(
+        routing_key,
+        f'{{"n": {n}}}'.encode(),
+        json_properties(
+            message_id=f"m-{n}",
+            correlation_id=None,
+            message_type=routing_key,
+            timestamp=datetime.now(UTC),
+            app_id="test",
+            headers={"n": n},
+        ),
+    )
+
+
+async def test_a_batch_arrives_in_order_and_each_message_gets_its_own_outcome(
+    broker: Broker,
+) -> None:
+    spec = broker.spec("inbox", "object.created")
+    await broker.declare(spec)
+    publisher = await broker.publisher()
+    batch = [_outgoing("object.created", n) for n in range(200)]
+    # One message in the middle no queue is bound for: only that one is unroutable.
+    batch[57] = _outgoing("nobody.listens", 57)
+
+    results = await publish_all_confirmed(
+        publisher.channel, broker.settings.amqp_exchange, batch, timeout=10
+    )
+
+    assert [n for n, r in enumerate(results) if r is not None] == [57]
+    assert isinstance(results[57], Unroutable)
+    received = [(await broker.get(spec.name)).message_id for _ in range(199)]
+    assert received == [f"m-{n}" for n in range(200) if n != 57]
+    # The next publish on the channel still gets its confirm (the tags line up).
+    await publisher.publish(event := make_event())
+    assert (await broker.get(spec.name)).message_id == event.event_id
+
+
+async def test_a_batch_partly_refused_by_the_broker_fails_only_the_refused(
+    broker: Broker,
+) -> None:
+    short = broker.track_queue(f"{broker.prefix}.short")
+    async with broker.admin.channel() as channel:
+        exchange = await declare_exchange(channel, broker.settings)
+        queue = await channel.declare_queue(
+            short, durable=True, arguments={"x-max-length": 3, "x-overflow": "reject-publish"}
+        )
+        await queue.bind(exchange, "object.created")
+    publisher = await broker.publisher()
+
+    results = await publish_all_confirmed(
+        publisher.channel,
+        broker.settings.amqp_exchange,
+        [_outgoing("object.created", n) for n in range(8)],
+        timeout=10,
+        mandatory=False,
+    )
+
+    assert results[:3] == [None, None, None]
+    assert all(isinstance(r, PublishFailed) and not isinstance(r, Unroutable) for r in results[3:])
+
+
+async def test_a_batch_to_a_closed_channel_fails_every_message_without_hanging(
+    broker: Broker,
+) -> None:
+    connection = await aio_pika.connect(broker.settings.amqp_url)  # not robust
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.close()
+        results = await publish_all_confirmed(
+            channel, "", [_outgoing("anything", n) for n in range(3)], timeout=2
+        )
+    finally:
+        await connection.close()
+    assert len(results) == 3
+    assert all(isinstance(r, PublishFailed) for r in results)
 
 
 async def test_connect_reports_an_unreachable_broker_without_the_password() -> None:
