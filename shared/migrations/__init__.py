@@ -234,4 +234,26 @@ MIGRATIONS: tuple[Migration, ...] = (
         DROP TABLE owner_open_uploads;
         """,
     ),
+    Migration(
+        7,
+        "leaner create",
+        # Two of the ten index entries every create writes were redundant. An upload's
+        # key is `<prefix>/<owner-hash>/<id>` (`shared.keys.object_key`) and is looked
+        # up only through the id it names (`upload_id_from_key`), so the id's primary
+        # key already makes it unique. A timeline is read by (upload_id, seq), which
+        # now is the primary key, instead of a primary key on seq beside an index on
+        # (upload_id, seq). Measured: ~60 µs less database CPU per create (of ~520).
+        up="""
+        ALTER TABLE uploads DROP CONSTRAINT uploads_key_key;
+        ALTER TABLE upload_events DROP CONSTRAINT upload_events_pkey;
+        ALTER TABLE upload_events ADD PRIMARY KEY (upload_id, seq);
+        DROP INDEX upload_events_upload;
+        """,
+        down="""
+        CREATE INDEX upload_events_upload ON upload_events (upload_id, seq);
+        ALTER TABLE upload_events DROP CONSTRAINT upload_events_pkey;
+        ALTER TABLE upload_events ADD PRIMARY KEY (seq);
+        ALTER TABLE uploads ADD CONSTRAINT uploads_key_key UNIQUE (key);
+        """,
+    ),
 )
