@@ -104,6 +104,7 @@ async def _uploads(app: web.Application) -> AsyncIterator[None]:
         ),
     )
     yield
+    await app[UPLOADS].creates.close()  # before the pool closes
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -25,6 +25,12 @@ class GatewayMetrics:
             registry=self.registry,
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )
+        self.create_batch_size = Histogram(
+            "clearance_create_batch_size",
+            "Creates written by one statement (group commit: services/gateway/creates.py)",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+        )
         self.uploads_created = Counter(
             "clearance_uploads_created_total",
             "Upload requests per profile and outcome (created, rejected)",

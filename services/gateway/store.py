@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
@@ -183,16 +184,17 @@ _NEW_ROW = (
 _FIRST_ENTRY = """
 entry AS (
     INSERT INTO upload_events (upload_id, status, event_id, actor, detail, at)
-    SELECT id, status, 'created:' || id::text, $22::text, '{}'::jsonb, $18 FROM row
+    SELECT id, status, 'created:' || id::text, $22::text, '{}'::jsonb, created_at FROM row
     RETURNING seq, upload_id, status, actor, detail, at
 )"""
 _ENTRY_COLUMNS = "e.seq, e.upload_id, e.status, e.actor, e.detail, e.at"
 
 
-def _first_event(routing_key: str, body: str, subscribers: str) -> str:
+def _first_event(routing_key: str, body: str, subscribers: str, join: str = "") -> str:
     """CTEs writing the new upload's event (an `EventDraft`, placeholders given) to the
     outbox and to each subscribed webhook endpoint, once `entry` has its seq. The id is
-    `notifications.event_id(upload_id, seq)`: `shared.events.deterministic_id`'s SHA-256."""
+    `notifications.event_id(upload_id, seq)`: `shared.events.deterministic_id`'s SHA-256.
+    `join` brings in the relation `body` is read from, if it is not a placeholder."""
     event_id = (
         "left(encode(sha256(convert_to('upload-event' || chr(31) || e.upload_id::text"
         " || chr(31) || e.seq::text, 'UTF8')), 'hex'), 32)"
@@ -205,7 +207,7 @@ queued AS (
         regexp_replace(
             replace({body}::text, '{seq}', '"timeline_entry":{{"seq":' || e.seq::text || ','),
             '^[{{]"event_id":"[^"]*"', '{{"event_id":"' || ev.id || '"')
-    FROM entry AS e JOIN row AS r ON r.id = e.upload_id
+    FROM entry AS e JOIN row AS r ON r.id = e.upload_id {join}
     CROSS JOIN LATERAL (SELECT {event_id} AS id) AS ev
     RETURNING event_id, upload_id, body
 ),
@@ -216,11 +218,13 @@ delivered AS (
 )"""  # noqa: S608 - constant fragments
 
 
-def _admission(owner: str, burst: str, rate: str, cap: str) -> str:
-    """CTEs for an owner's create limits (placeholders given): take a token if there is
-    one (`take` then has a row) and read how many uploads still wait for their bytes
-    (`owner_open_uploads`, kept by triggers: migration 6). Every CTE sees the same
-    snapshot, so `level` is the bucket before taking and `open` the count before this."""
+def _admission(burst: str, rate: str, cap: str) -> str:
+    """CTEs for the create limits of the owners in `input` (one row each; placeholders
+    given): take a token from each owner's bucket that has one (`take` has a row for
+    them) and read how many of their uploads still wait for their bytes (`open`, from
+    `owner_open_uploads`, kept by triggers: migration 6). Every CTE sees the same
+    snapshot, so `level` is the bucket before taking and `open` the count before this.
+    The buckets are taken in owner order: two statements never wait on each other's."""
     level = (
         f"LEAST({burst}::float8,"
         f" b.tokens + EXTRACT(EPOCH FROM now() - b.updated_at) * {rate}::float8)"
@@ -228,44 +232,65 @@ def _admission(owner: str, burst: str, rate: str, cap: str) -> str:
     return f"""
 take AS (
     INSERT INTO owner_buckets AS b (owner, tokens, updated_at)
-    VALUES ({owner}, {burst}::float8 - 1, now())
+    SELECT owner, {burst}::float8 - 1, now() FROM input ORDER BY owner
     ON CONFLICT (owner) DO UPDATE SET tokens = {level} - 1, updated_at = now()
     WHERE {level} >= 1
-    RETURNING tokens
+    RETURNING owner, tokens
 ),
-level AS (SELECT {level} AS tokens FROM owner_buckets AS b WHERE owner = {owner}),
+level AS (SELECT b.owner, {level} AS tokens FROM owner_buckets AS b JOIN input USING (owner)),
 open AS (
-    SELECT coalesce((SELECT n FROM owner_open_uploads WHERE owner = {owner}), 0) AS n
+    SELECT i.owner, coalesce(o.n, 0) AS n
+    FROM input AS i LEFT JOIN owner_open_uploads AS o USING (owner)
 ),
-admitted AS (SELECT 1 FROM take, open WHERE open.n < {cap}::bigint)"""  # noqa: S608
+admitted AS (
+    SELECT i.* FROM input AS i JOIN take USING (owner) JOIN open USING (owner)
+    WHERE open.n < {cap}::bigint
+)"""  # noqa: S608
 
 
-_OUTCOME = (
-    "(SELECT count(*) FROM take) AS took, (SELECT n FROM open) AS pending,"
-    " (SELECT tokens FROM level) AS level"
-)
 # Row, first entry and event in one statement.
 _INSERT = f"""
 WITH row AS (
-    INSERT INTO uploads ({_COLUMNS}) VALUES ({_NEW_ROW}) RETURNING id, status, correlation_id
+    INSERT INTO uploads ({_COLUMNS}) VALUES ({_NEW_ROW})
+    RETURNING id, status, correlation_id, created_at
 ),{_FIRST_ENTRY},{_first_event("$23", "$24", "$25")}
 SELECT {_ENTRY_COLUMNS}, (SELECT count(*) FROM queued) AS queued
 FROM entry AS e
 """  # noqa: S608 - constant fragments
-# The same, only if the owner's limits admit it (the token is taken either way, as a
-# refused request still spent it; nothing else is written when refused).
+# Creates of distinct owners, each only if its owner's limits admit it (the token is
+# taken either way, as a refused request still spent it; nothing else is written for a
+# refused one), as one statement: one row per create, in their order. The columns come
+# as arrays ($1-$21; the json ones as text: asyncpg would read a list as a dimension),
+# each create's event body as $26.
+_JSON_COLUMNS = frozenset({"detected", "thumbnails", "metadata"})
+_ARRAY_TYPES = tuple(
+    "text" if column in _JSON_COLUMNS else kind.strip().split("::")[1]
+    for column, kind in zip(
+        (c.strip() for c in _COLUMNS.split(",")), _NEW_ROW.split(","), strict=True
+    )
+)
+_INPUT = ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(_ARRAY_TYPES, start=1))
+_FROM_INPUT = ", ".join(
+    f"a.{column}::jsonb" if column in _JSON_COLUMNS else f"a.{column}"
+    for column in (c.strip() for c in _COLUMNS.split(","))
+)
 _INSERT_ADMITTED = f"""
-WITH {_admission("$2", "$23", "$24", "$25")},
+WITH input AS (
+    SELECT * FROM unnest({_INPUT}, $26::text[]) WITH ORDINALITY AS i({_COLUMNS}, body, n)
+),{_admission("$23", "$24", "$25")},
 row AS (
-    INSERT INTO uploads ({_COLUMNS}) SELECT {_NEW_ROW} FROM admitted
-    RETURNING id, status, correlation_id
-),{_FIRST_ENTRY},{_first_event("$26", "$27", "$28")}
-SELECT {_ENTRY_COLUMNS}, {_OUTCOME}, (SELECT count(*) FROM queued) AS queued
-FROM (SELECT 1) AS one LEFT JOIN entry AS e ON true
+    INSERT INTO uploads ({_COLUMNS}) SELECT {_FROM_INPUT} FROM admitted AS a ORDER BY a.owner
+    RETURNING id, status, correlation_id, created_at
+),{_FIRST_ENTRY},{_first_event("$27", "i.body", "$28", "JOIN input AS i ON i.id = e.upload_id")}
+SELECT {_ENTRY_COLUMNS}, t.owner IS NOT NULL AS took, o.n AS pending, l.tokens AS level,
+    (SELECT count(*) FROM queued) AS queued
+FROM input AS i LEFT JOIN take AS t USING (owner) LEFT JOIN open AS o USING (owner)
+    LEFT JOIN level AS l USING (owner) LEFT JOIN entry AS e ON e.upload_id = i.id
+ORDER BY i.n
 """  # noqa: S608 - constant fragments
 # Only the limits (for a multipart create, before storage is asked to open one).
 _ADMIT = (
-    f"WITH {_admission('$1', '$2', '$3', '$4')}"  # noqa: S608 - constant fragments
+    f"WITH input AS (SELECT $1::text AS owner), {_admission('$2', '$3', '$4')}"  # noqa: S608
     " SELECT (SELECT count(*) FROM take) AS took,"
     " (SELECT n FROM open) AS pending, (SELECT tokens FROM level) AS level"
 )
@@ -349,22 +374,59 @@ async def insert_admitted_upload(
 
     It commits either way: a refused create still spent its token.
     """
-    row = await conn.fetchrow(
+    [admission] = await insert_admitted_uploads(
+        conn, [upload], actor=actor, outbox=outbox, limits=limits
+    )
+    return admission
+
+
+async def insert_admitted_uploads(
+    conn: Conn,
+    uploads: Sequence[Upload],
+    *,
+    actor: str,
+    outbox: Outbox,
+    limits: CreateLimits,
+) -> list[Admission]:
+    """`insert_admitted_upload` for creates of distinct owners, in one statement: one
+    round trip and one commit for all of them (`creates.CreateBatcher`). Each is
+    admitted or refused on its own owner's limits; one admission per upload, in order."""
+    owners = {upload.owner for upload in uploads}
+    if len(owners) != len(uploads):
+        raise ValueError("one create per owner in a statement (its bucket is taken once)")
+    drafts = [outbox.draft(upload, actor) for upload in uploads]
+    first = drafts[0]
+    if any(
+        d.routing_key != first.routing_key or d.subscribers != first.subscribers for d in drafts
+    ):
+        raise ValueError("the creates of one statement announce one event type")
+    columns = [list(values) for values in zip(*map(_row_args, uploads), strict=True)]
+    for n, column in enumerate(_COLUMNS.split(",")):
+        if column.strip() in _JSON_COLUMNS:
+            columns[n] = [None if v is None else orjson.dumps(v).decode() for v in columns[n]]
+    rows = await conn.fetch(
         _INSERT_ADMITTED,
-        *_row_args(upload),
+        *columns,
         actor,
         *_limit_args(limits),
-        *_draft_args(outbox, upload, actor),
+        [d.body for d in drafts],
+        first.routing_key,
+        first.subscribers,
     )
-    assert row is not None
-    entry = _entry(row) if row["seq"] is not None else None
-    assert entry is None or row["queued"] == 1, "the create's event was not written"
-    return Admission(
-        took_token=row["took"] > 0,
-        pending=row["pending"],
-        level=float(row["level"] if row["level"] is not None else limits.burst),
-        entry=entry,
-    )
+    assert len(rows) == len(uploads)
+    admissions = []
+    for row in rows:
+        entry = _entry(row) if row["seq"] is not None else None
+        assert entry is None or row["queued"] > 0, "the create's event was not written"
+        admissions.append(
+            Admission(
+                took_token=row["took"],
+                pending=row["pending"],
+                level=float(row["level"] if row["level"] is not None else limits.burst),
+                entry=entry,
+            )
+        )
+    return admissions
 
 
 async def admit(conn: Queryable, owner: str, limits: CreateLimits) -> Admission:

@@ -19,6 +19,7 @@ from typing import Any, Literal, NoReturn, Protocol
 import asyncpg
 
 from services.gateway import store, transitions
+from services.gateway.creates import CreateBatcher
 from services.gateway.limits import OwnerLimits
 from services.gateway.metadata import MetadataRefused, check_metadata
 from services.gateway.metrics import GatewayMetrics
@@ -89,6 +90,10 @@ class UploadService:
         self.announce = announce
         # Every change's public event, written in the change's transaction.
         self.outbox = NotificationOutbox(settings)
+        # Single-request creates: admitted and written several per statement.
+        self.creates = CreateBatcher(
+            pool, self.outbox, self.limits.create_limits, metrics.create_batch_size
+        )
 
     # -- reading -------------------------------------------------------------------
 
@@ -185,19 +190,11 @@ class UploadService:
             part_count=part_count,
             metadata=app_metadata,
         )
-        async with self.pool.acquire() as conn:
-            if multipart:
+        if multipart:
+            async with self.pool.acquire() as conn:
                 await store.insert_upload(conn, upload, actor="gateway", outbox=self.outbox)
-            else:  # limits, row, first entry and event: one statement
-                self.limits.check(
-                    await store.insert_admitted_upload(
-                        conn,
-                        upload,
-                        actor="gateway",
-                        outbox=self.outbox,
-                        limits=self.limits.create_limits,
-                    )
-                )
+        else:  # limits, row, first entry and event: one statement, shared (`creates`)
+            self.limits.check(await self.creates.insert(upload))
         self.announce()
         self.metrics.uploads_created.labels(name, "created").inc()
         return upload

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
+from prometheus_client import CollectorRegistry, Histogram
 
 from services.gateway import store
+from services.gateway.creates import CreateBatcher
 from services.gateway.notifications import UploadEvent, event_id, upload_event
 from services.gateway.outbox import NotificationOutbox
 from shared.db import create_pool, migrate
@@ -286,3 +289,88 @@ async def test_the_open_upload_count_follows_every_create_move_and_delete(
     assert await kept() == await counted() == 5
     admission = await create()
     assert admission.pending == 5
+
+
+# --- group commit (services/gateway/creates.py) ----------------------------------------
+
+
+def batcher(
+    pool: asyncpg.Pool[Any], outbox: store.Outbox, create_limits: store.CreateLimits
+) -> tuple[CreateBatcher, Histogram]:
+    sizes = Histogram("batch_size", "test", registry=CollectorRegistry(), buckets=(1, 64))
+    return CreateBatcher(pool, outbox, create_limits, sizes), sizes
+
+
+def statements(sizes: Histogram) -> tuple[float, float]:
+    """(statements run, creates they wrote)."""
+    samples = {s.name: s.value for s in sizes.collect()[0].samples}
+    return samples["batch_size_count"], samples["batch_size_sum"]
+
+
+async def test_creates_that_come_together_share_one_statement_each_with_its_own_outcome(
+    pool: asyncpg.Pool[Any], outbox: NotificationOutbox
+) -> None:
+    creates, sizes = batcher(pool, outbox, limits(5))
+    full = uuid.uuid4().hex  # an owner at the cap on open uploads: refused, token spent
+    for _ in range(10):
+        async with pool.acquire() as conn:
+            await store.insert_upload(conn, pending(full), actor="gateway", outbox=outbox)
+    uploads = [pending(uuid.uuid4().hex, metadata={"n": str(n)}) for n in range(30)]
+    uploads.insert(7, pending(full))
+
+    admissions = await asyncio.gather(*(creates.insert(u) for u in uploads))
+
+    assert statements(sizes) == (1, 31)  # all of them in one statement
+    refused = admissions.pop(7)
+    assert (refused.took_token, refused.pending, refused.entry) == (True, 10, None)
+    assert await store.get_upload(pool, uploads.pop(7).id) is None
+    for upload, admission in zip(uploads, admissions, strict=True):
+        # Each caller gets its own create's entry and event, nobody else's.
+        assert admission.admitted
+        assert admission.entry is not None
+        assert admission.entry.upload_id == upload.id
+        [stored] = await store.timeline(pool, upload.id)
+        assert stored == admission.entry
+        assert await events_of(pool, upload.id) == [upload_event(upload, stored)]
+        assert await deliveries_of(pool, upload.id) == [("all", "upload.pending")]
+    await creates.close()
+
+
+async def test_two_creates_of_one_owner_in_one_turn_are_admitted_one_after_the_other(
+    pool: asyncpg.Pool[Any], outbox: NotificationOutbox
+) -> None:
+    creates, sizes = batcher(pool, outbox, limits(2))
+    owner = uuid.uuid4().hex
+    others = [pending(uuid.uuid4().hex) for _ in range(3)]
+    mine = [pending(owner) for _ in range(3)]
+
+    admissions = await asyncio.gather(*(creates.insert(u) for u in [*mine, *others]))
+
+    # One create per owner and statement: the owner's three went in three statements,
+    # on the bucket as the one before left it (a burst of 2: the third is refused).
+    assert statements(sizes) == (3, 6)
+    assert [a.admitted for a in admissions[:3]] == [True, True, False]
+    assert [a.level for a in admissions[:3]] == pytest.approx([2, 1, 0], abs=0.01)
+    assert [a.pending for a in admissions[:3]] == [0, 1, 2]
+    assert all(a.admitted for a in admissions[3:])
+    await creates.close()
+
+
+async def test_a_create_the_database_refuses_fails_alone_not_its_batch(
+    pool: asyncpg.Pool[Any], outbox: NotificationOutbox
+) -> None:
+    creates, sizes = batcher(pool, outbox, limits(5))
+    good = [pending(uuid.uuid4().hex) for _ in range(4)]
+    bad = dataclasses.replace(pending(uuid.uuid4().hex), size=-1)  # CHECK (size >= 0)
+
+    results = await asyncio.gather(
+        *(creates.insert(u) for u in [*good[:2], bad, *good[2:]]), return_exceptions=True
+    )
+
+    assert isinstance(results.pop(2), asyncpg.CheckViolationError)
+    assert all(isinstance(r, store.Admission) and r.admitted for r in results)
+    for upload in good:
+        assert await store.get_upload(pool, upload.id) is not None
+    # The failed batch wrote nothing; its creates were then written one by one.
+    assert statements(sizes) == (4, 4)
+    await creates.close()
