@@ -16,7 +16,8 @@ from services.gateway import store
 from shared.problems import TooManyRequests
 from shared.settings import Settings
 
-# The create limits are checked in the create's own statement (`store.insert_admitted_upload`).
+# The create limits are checked in the create's own statement (`store.insert_admitted_upload`;
+# for a multipart create, `store.admit` before storage opens it), batched by `creates`.
 # Serialised per owner, so two streams opened at once can't both take the last slot.
 _OPEN_STREAM = """
 WITH lock AS (SELECT pg_advisory_xact_lock(hashtextextended('stream:' || $2, 0)))
@@ -42,14 +43,6 @@ class OwnerLimits:
             rate=self._rate,
             max_pending=self._max_pending,
         )
-
-    async def admit_create(self, owner: str) -> None:
-        """Take one create from the owner's rate, and check the cap on open uploads.
-
-        For creates that must ask storage first (multipart); the others are admitted
-        in their own insert (`store.insert_admitted_upload`), then `check`ed.
-        """
-        self.check(await store.admit(self._pool, owner, self.create_limits))
 
     def check(self, admission: store.Admission) -> None:
         """TooManyRequests, precisely, unless the limits admitted the create."""

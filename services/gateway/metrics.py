@@ -27,7 +27,8 @@ class GatewayMetrics:
         )
         self.create_batch_size = Histogram(
             "clearance_create_batch_size",
-            "Creates written by one statement (group commit: services/gateway/creates.py)",
+            "Creates written by one statement, by kind (group commit: services/gateway/creates.py)",
+            ["kind"],
             registry=self.registry,
             buckets=(1, 2, 4, 8, 16, 32, 64),
         )

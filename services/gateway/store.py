@@ -248,20 +248,11 @@ admitted AS (
 )"""  # noqa: S608
 
 
-# Row, first entry and event in one statement.
-_INSERT = f"""
-WITH row AS (
-    INSERT INTO uploads ({_COLUMNS}) VALUES ({_NEW_ROW})
-    RETURNING id, status, correlation_id, created_at
-),{_FIRST_ENTRY},{_first_event("$23", "$24", "$25")}
-SELECT {_ENTRY_COLUMNS}, (SELECT count(*) FROM queued) AS queued
-FROM entry AS e
-"""  # noqa: S608 - constant fragments
-# Creates of distinct owners, each only if its owner's limits admit it (the token is
-# taken either way, as a refused request still spent it; nothing else is written for a
-# refused one), as one statement: one row per create, in their order. The columns come
+# Every create statement takes a batch of creates (`creates.CreateBatcher`; a lone one
+# is a batch of one) and answers one row per create, in their order. The columns come
 # as arrays ($1-$21; the json ones as text: asyncpg would read a list as a dimension),
-# each create's event body as $26.
+# then the actor ($22), each create's event body ($23) and the event's routing key and
+# subscribed endpoints ($24, $25: one event type per batch).
 _JSON_COLUMNS = frozenset({"detected", "thumbnails", "metadata"})
 _ARRAY_TYPES = tuple(
     "text" if column in _JSON_COLUMNS else kind.strip().split("::")[1]
@@ -269,31 +260,54 @@ _ARRAY_TYPES = tuple(
         (c.strip() for c in _COLUMNS.split(",")), _NEW_ROW.split(","), strict=True
     )
 )
-_INPUT = ", ".join(f"${n}::{kind}[]" for n, kind in enumerate(_ARRAY_TYPES, start=1))
+_INPUT = f"""
+input AS (
+    SELECT * FROM unnest({", ".join(f"${n}::{kind}[]" for n, kind in enumerate(_ARRAY_TYPES, 1))},
+        $23::text[]) WITH ORDINALITY AS i({_COLUMNS}, body, n)
+)"""  # noqa: S608 - constant fragments
 _FROM_INPUT = ", ".join(
     f"a.{column}::jsonb" if column in _JSON_COLUMNS else f"a.{column}"
     for column in (c.strip() for c in _COLUMNS.split(","))
 )
-_INSERT_ADMITTED = f"""
-WITH input AS (
-    SELECT * FROM unnest({_INPUT}, $26::text[]) WITH ORDINALITY AS i({_COLUMNS}, body, n)
-),{_admission("$23", "$24", "$25")},
+_EVENT = _first_event("$24", "i.body", "$25", "JOIN input AS i ON i.id = e.upload_id")
+
+
+def _insert_rows(source: str) -> str:
+    return f"""
 row AS (
-    INSERT INTO uploads ({_COLUMNS}) SELECT {_FROM_INPUT} FROM admitted AS a ORDER BY a.owner
+    INSERT INTO uploads ({_COLUMNS}) SELECT {_FROM_INPUT} FROM {source} AS a ORDER BY a.owner
     RETURNING id, status, correlation_id, created_at
-),{_FIRST_ENTRY},{_first_event("$27", "i.body", "$28", "JOIN input AS i ON i.id = e.upload_id")}
+)"""  # noqa: S608 - constant fragments
+
+
+# Rows, first entries and events (a multipart create, admitted before storage opened it).
+_INSERT = f"""
+WITH {_INPUT},{_insert_rows("input")},{_FIRST_ENTRY},{_EVENT}
+SELECT {_ENTRY_COLUMNS}, (SELECT count(*) FROM queued) AS queued
+FROM input AS i LEFT JOIN entry AS e ON e.upload_id = i.id
+ORDER BY i.n
+"""  # noqa: S608 - constant fragments
+# The same for creates of distinct owners, each only if its owner's limits ($26-$28)
+# admit it (the token is taken either way, as a refused request still spent it;
+# nothing else is written for a refused one).
+_INSERT_ADMITTED = f"""
+WITH {_INPUT},{_admission("$26", "$27", "$28")},{_insert_rows("admitted")},{_FIRST_ENTRY},{_EVENT}
 SELECT {_ENTRY_COLUMNS}, t.owner IS NOT NULL AS took, o.n AS pending, l.tokens AS level,
     (SELECT count(*) FROM queued) AS queued
 FROM input AS i LEFT JOIN take AS t USING (owner) LEFT JOIN open AS o USING (owner)
     LEFT JOIN level AS l USING (owner) LEFT JOIN entry AS e ON e.upload_id = i.id
 ORDER BY i.n
 """  # noqa: S608 - constant fragments
-# Only the limits (for a multipart create, before storage is asked to open one).
-_ADMIT = (
-    f"WITH input AS (SELECT $1::text AS owner), {_admission('$2', '$3', '$4')}"  # noqa: S608
-    " SELECT (SELECT count(*) FROM take) AS took,"
-    " (SELECT n FROM open) AS pending, (SELECT tokens FROM level) AS level"
-)
+# Only the limits of distinct owners ($1), for multipart creates before storage is asked
+# to open them: a refused create costs storage nothing.
+_ADMIT = f"""
+WITH input AS (SELECT * FROM unnest($1::text[]) WITH ORDINALITY AS i(owner, n)),
+{_admission("$2", "$3", "$4")}
+SELECT t.owner IS NOT NULL AS took, o.n AS pending, l.tokens AS level
+FROM input AS i LEFT JOIN take AS t USING (owner) LEFT JOIN open AS o USING (owner)
+    LEFT JOIN level AS l USING (owner)
+ORDER BY i.n
+"""  # noqa: S608 - constant fragments
 
 
 @dataclass(frozen=True, slots=True)
@@ -349,9 +363,33 @@ def _limit_args(limits: CreateLimits) -> tuple[Any, ...]:
     return (limits.burst, limits.rate, limits.max_pending)
 
 
-def _draft_args(outbox: Outbox, upload: Upload, actor: str) -> tuple[Any, ...]:
-    draft = outbox.draft(upload, actor)
-    return (draft.routing_key, draft.body, draft.subscribers)
+def _create_args(outbox: Outbox, uploads: Sequence[Upload], actor: str) -> list[Any]:
+    """$1-$25 of the create statements."""
+    drafts = [outbox.draft(upload, actor) for upload in uploads]
+    first = drafts[0]
+    if any(
+        d.routing_key != first.routing_key or d.subscribers != first.subscribers for d in drafts
+    ):
+        raise ValueError("the creates of one statement announce one event type")
+    columns = [list(values) for values in zip(*map(_row_args, uploads), strict=True)]
+    for n, column in enumerate(_COLUMNS.split(",")):
+        if column.strip() in _JSON_COLUMNS:
+            columns[n] = [None if v is None else orjson.dumps(v).decode() for v in columns[n]]
+    return [*columns, actor, [d.body for d in drafts], first.routing_key, first.subscribers]
+
+
+def _distinct_owners(owners: Sequence[str]) -> None:
+    if len(set(owners)) != len(owners):
+        raise ValueError("one create per owner in a statement (its bucket is taken once)")
+
+
+def _admission_of(row: asyncpg.Record, limits: CreateLimits) -> Admission:
+    return Admission(
+        took_token=row["took"],
+        pending=row["pending"],
+        level=float(row["level"] if row["level"] is not None else limits.burst),
+        entry=_entry(row) if "seq" in row and row["seq"] is not None else None,
+    )
 
 
 async def insert_upload(
@@ -359,12 +397,18 @@ async def insert_upload(
 ) -> TimelineEntry:
     """Record a new upload, its first timeline entry and its event: one statement, so
     all of it or nothing."""
-    row = await conn.fetchrow(
-        _INSERT, *_row_args(upload), actor, *_draft_args(outbox, upload, actor)
-    )
-    assert row is not None
-    assert row["queued"] == 1, "the create's event was not written"
-    return _entry(row)
+    [entry] = await insert_uploads(conn, [upload], actor=actor, outbox=outbox)
+    return entry
+
+
+async def insert_uploads(
+    conn: Queryable, uploads: Sequence[Upload], *, actor: str, outbox: Outbox
+) -> list[TimelineEntry]:
+    """`insert_upload` for several uploads in one statement; their entries, in order."""
+    rows = await conn.fetch(_INSERT, *_create_args(outbox, uploads, actor))
+    assert len(rows) == len(uploads)
+    assert rows[0]["queued"] == len(uploads), "a create's event was not written"
+    return [_entry(row) for row in rows]
 
 
 async def insert_admitted_upload(
@@ -391,54 +435,30 @@ async def insert_admitted_uploads(
     """`insert_admitted_upload` for creates of distinct owners, in one statement: one
     round trip and one commit for all of them (`creates.CreateBatcher`). Each is
     admitted or refused on its own owner's limits; one admission per upload, in order."""
-    owners = {upload.owner for upload in uploads}
-    if len(owners) != len(uploads):
-        raise ValueError("one create per owner in a statement (its bucket is taken once)")
-    drafts = [outbox.draft(upload, actor) for upload in uploads]
-    first = drafts[0]
-    if any(
-        d.routing_key != first.routing_key or d.subscribers != first.subscribers for d in drafts
-    ):
-        raise ValueError("the creates of one statement announce one event type")
-    columns = [list(values) for values in zip(*map(_row_args, uploads), strict=True)]
-    for n, column in enumerate(_COLUMNS.split(",")):
-        if column.strip() in _JSON_COLUMNS:
-            columns[n] = [None if v is None else orjson.dumps(v).decode() for v in columns[n]]
+    _distinct_owners([upload.owner for upload in uploads])
     rows = await conn.fetch(
-        _INSERT_ADMITTED,
-        *columns,
-        actor,
-        *_limit_args(limits),
-        [d.body for d in drafts],
-        first.routing_key,
-        first.subscribers,
+        _INSERT_ADMITTED, *_create_args(outbox, uploads, actor), *_limit_args(limits)
     )
     assert len(rows) == len(uploads)
-    admissions = []
-    for row in rows:
-        entry = _entry(row) if row["seq"] is not None else None
-        assert entry is None or row["queued"] > 0, "the create's event was not written"
-        admissions.append(
-            Admission(
-                took_token=row["took"],
-                pending=row["pending"],
-                level=float(row["level"] if row["level"] is not None else limits.burst),
-                entry=entry,
-            )
-        )
+    admissions = [_admission_of(row, limits) for row in rows]
+    written = sum(a.entry is not None for a in admissions)
+    assert rows[0]["queued"] == written, "a create's event was not written"
     return admissions
 
 
 async def admit(conn: Queryable, owner: str, limits: CreateLimits) -> Admission:
     """Only the owner's create limits (a token is taken if there is one)."""
-    row = await conn.fetchrow(_ADMIT, owner, *_limit_args(limits))
-    assert row is not None
-    return Admission(
-        took_token=row["took"] > 0,
-        pending=row["pending"],
-        level=float(row["level"] if row["level"] is not None else limits.burst),
-        entry=None,
-    )
+    [admission] = await admit_owners(conn, [owner], limits)
+    return admission
+
+
+async def admit_owners(
+    conn: Queryable, owners: Sequence[str], limits: CreateLimits
+) -> list[Admission]:
+    """`admit` for distinct owners, in one statement; one admission each, in order."""
+    _distinct_owners(owners)
+    rows = await conn.fetch(_ADMIT, list(owners), *_limit_args(limits))
+    return [_admission_of(row, limits) for row in rows]
 
 
 async def get_upload(

@@ -90,7 +90,7 @@ class UploadService:
         self.announce = announce
         # Every change's public event, written in the change's transaction.
         self.outbox = NotificationOutbox(settings)
-        # Single-request creates: admitted and written several per statement.
+        # Creates' database work, several creates per statement when they come together.
         self.creates = CreateBatcher(
             pool, self.outbox, self.limits.create_limits, metrics.create_batch_size
         )
@@ -169,7 +169,7 @@ class UploadService:
         mpu_id = None
         if multipart:
             # Admitted before storage opens anything: a refused create costs it nothing.
-            await self.limits.admit_create(owner)
+            self.limits.check(await self.creates.admit(owner))
             mpu_id = await self.storage.create_multipart(
                 bucket, key, declared.content_type, metadata={PROFILE_METADATA: name}
             )
@@ -190,11 +190,12 @@ class UploadService:
             part_count=part_count,
             metadata=app_metadata,
         )
+        # One statement for row, first entry and event (and, for a single request, the
+        # owner's limits), shared with the creates of the same turn (`creates`).
         if multipart:
-            async with self.pool.acquire() as conn:
-                await store.insert_upload(conn, upload, actor="gateway", outbox=self.outbox)
-        else:  # limits, row, first entry and event: one statement, shared (`creates`)
-            self.limits.check(await self.creates.insert(upload))
+            await self.creates.insert(upload)
+        else:
+            self.limits.check(await self.creates.insert_admitted(upload))
         self.announce()
         self.metrics.uploads_created.labels(name, "created").inc()
         return upload

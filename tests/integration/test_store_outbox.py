@@ -297,14 +297,17 @@ async def test_the_open_upload_count_follows_every_create_move_and_delete(
 def batcher(
     pool: asyncpg.Pool[Any], outbox: store.Outbox, create_limits: store.CreateLimits
 ) -> tuple[CreateBatcher, Histogram]:
-    sizes = Histogram("batch_size", "test", registry=CollectorRegistry(), buckets=(1, 64))
+    sizes = Histogram("batch_size", "test", ["kind"], registry=CollectorRegistry(), buckets=(1, 64))
     return CreateBatcher(pool, outbox, create_limits, sizes), sizes
 
 
 def statements(sizes: Histogram) -> tuple[float, float]:
     """(statements run, creates they wrote)."""
-    samples = {s.name: s.value for s in sizes.collect()[0].samples}
-    return samples["batch_size_count"], samples["batch_size_sum"]
+    samples = [(s.name, s.value) for s in sizes.collect()[0].samples]
+    return (
+        sum(v for name, v in samples if name == "batch_size_count"),
+        sum(v for name, v in samples if name == "batch_size_sum"),
+    )
 
 
 async def test_creates_that_come_together_share_one_statement_each_with_its_own_outcome(
@@ -318,7 +321,7 @@ async def test_creates_that_come_together_share_one_statement_each_with_its_own_
     uploads = [pending(uuid.uuid4().hex, metadata={"n": str(n)}) for n in range(30)]
     uploads.insert(7, pending(full))
 
-    admissions = await asyncio.gather(*(creates.insert(u) for u in uploads))
+    admissions = await asyncio.gather(*(creates.insert_admitted(u) for u in uploads))
 
     assert statements(sizes) == (1, 31)  # all of them in one statement
     refused = admissions.pop(7)
@@ -344,7 +347,7 @@ async def test_two_creates_of_one_owner_in_one_turn_are_admitted_one_after_the_o
     others = [pending(uuid.uuid4().hex) for _ in range(3)]
     mine = [pending(owner) for _ in range(3)]
 
-    admissions = await asyncio.gather(*(creates.insert(u) for u in [*mine, *others]))
+    admissions = await asyncio.gather(*(creates.insert_admitted(u) for u in [*mine, *others]))
 
     # One create per owner and statement: the owner's three went in three statements,
     # on the bucket as the one before left it (a burst of 2: the third is refused).
@@ -364,7 +367,7 @@ async def test_a_create_the_database_refuses_fails_alone_not_its_batch(
     bad = dataclasses.replace(pending(uuid.uuid4().hex), size=-1)  # CHECK (size >= 0)
 
     results = await asyncio.gather(
-        *(creates.insert(u) for u in [*good[:2], bad, *good[2:]]), return_exceptions=True
+        *(creates.insert_admitted(u) for u in [*good[:2], bad, *good[2:]]), return_exceptions=True
     )
 
     assert isinstance(results.pop(2), asyncpg.CheckViolationError)
@@ -373,4 +376,26 @@ async def test_a_create_the_database_refuses_fails_alone_not_its_batch(
         assert await store.get_upload(pool, upload.id) is not None
     # The failed batch wrote nothing; its creates were then written one by one.
     assert statements(sizes) == (4, 4)
+    await creates.close()
+
+
+async def test_multipart_admissions_and_records_are_batched_too(
+    pool: asyncpg.Pool[Any], outbox: NotificationOutbox
+) -> None:
+    creates, sizes = batcher(pool, outbox, limits(1))
+    owners = [uuid.uuid4().hex for _ in range(6)]
+
+    first = await asyncio.gather(*(creates.admit(owner) for owner in owners))
+    again = await asyncio.gather(*(creates.admit(owner) for owner in owners[:2]))
+    # Records need no bucket: one owner's several go in one statement.
+    uploads = [pending(owners[0]) for _ in range(5)]
+    entries = await asyncio.gather(*(creates.insert(upload) for upload in uploads))
+
+    assert statements(sizes) == (3, 13)
+    assert all(a.took_token and a.entry is None for a in first)
+    assert [a.took_token for a in again] == [False, False]  # a burst of 1, spent
+    assert [e.upload_id for e in entries] == [u.id for u in uploads]
+    for upload, entry in zip(uploads, entries, strict=True):
+        assert await store.timeline(pool, upload.id) == [entry]
+        assert [e.type for e in await events_of(pool, upload.id)] == ["upload.pending"]
     await creates.close()
