@@ -127,6 +127,15 @@ class Broker:
             result = queue.declaration_result
             return result.message_count or 0, result.consumer_count or 0
 
+    async def settles(self, name: str, state: tuple[int, int]) -> None:
+        """Wait for a queue's (ready messages, consumers): the broker drops a closed
+        channel's consumers after the channel's close-ok, not before."""
+
+        async def reached() -> bool:
+            return await self.queue_state(name) == state
+
+        await eventually(reached, timeout=WAIT, what=f"{name} at (ready, consumers) {state}")
+
     async def get(self, name: str, timeout: float = WAIT) -> aio_pika.abc.AbstractIncomingMessage:  # noqa: ASYNC109
         """The next message of a queue (acked on receipt), polling until `timeout`."""
         deadline = time.monotonic() + timeout
@@ -443,7 +452,7 @@ async def test_consumed_once_and_acked(broker: Broker) -> None:
     assert delivery.message_id == event.event_id
     # Once drained, an unacked message would be back in the queue.
     await consumer.drain(timeout=5)
-    assert await broker.queue_state(spec.name) == (0, 0)
+    await broker.settles(spec.name, (0, 0))
     assert len(recorder.calls) == 1
     assert broker.count("clearance_amqp_handled_total", queue=spec.name) == 1
 
@@ -612,7 +621,7 @@ async def test_drain_waits_for_the_in_flight_handler_and_loses_nothing(broker: B
     assert log == ["handled first", "drained"]
 
     # "second" was never started; it waits in the queue for the next worker.
-    assert await broker.queue_state(spec.name) == (1, 0)
+    await broker.settles(spec.name, (1, 0))
     recorder = Recorder()
     await broker.consumer(spec, recorder).start()
     event, delivery = await next_item(recorder.handled)
@@ -741,5 +750,5 @@ async def test_run_until_signalled_drains_on_sigterm(broker: Broker) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
     await asyncio.wait_for(worker, WAIT)
-    assert await broker.queue_state(spec.name) == (0, 0)
+    await broker.settles(spec.name, (0, 0))
     assert signal.getsignal(signal.SIGTERM) == before
