@@ -127,6 +127,17 @@ class Broker:
             result = queue.declaration_result
             return result.message_count or 0, result.consumer_count or 0
 
+    async def bounded_queue(self, name: str, length: int) -> None:
+        """A queue bound to `object.created` that refuses messages past `length`."""
+        async with self.admin.channel() as channel:
+            exchange = await declare_exchange(channel, self.settings)
+            queue = await channel.declare_queue(
+                self.track_queue(f"{self.prefix}.{name}"),
+                durable=True,
+                arguments={"x-max-length": length, "x-overflow": "reject-publish"},
+            )
+            await queue.bind(exchange, "object.created")
+
     async def settles(self, name: str, state: tuple[int, int]) -> None:
         """Wait for a queue's (ready messages, consumers): the broker drops a closed
         channel's consumers after the channel's close-ok, not before."""
@@ -243,13 +254,7 @@ async def test_publish_without_a_bound_queue_raises_unroutable(broker: Broker) -
 
 
 async def test_publish_refused_by_the_broker_raises(broker: Broker) -> None:
-    full = broker.track_queue(f"{broker.prefix}.full")
-    async with broker.admin.channel() as channel:
-        exchange = await declare_exchange(channel, broker.settings)
-        queue = await channel.declare_queue(
-            full, durable=True, arguments={"x-max-length": 0, "x-overflow": "reject-publish"}
-        )
-        await queue.bind(exchange, "object.created")
+    await broker.bounded_queue("full", 0)
     publisher = await broker.publisher()
 
     # The only queue bound is full and refuses: the broker nacks the publish.
@@ -351,13 +356,7 @@ async def test_a_batch_arrives_in_order_and_each_message_gets_its_own_outcome(
 async def test_a_batch_partly_refused_by_the_broker_fails_only_the_refused(
     broker: Broker,
 ) -> None:
-    short = broker.track_queue(f"{broker.prefix}.short")
-    async with broker.admin.channel() as channel:
-        exchange = await declare_exchange(channel, broker.settings)
-        queue = await channel.declare_queue(
-            short, durable=True, arguments={"x-max-length": 3, "x-overflow": "reject-publish"}
-        )
-        await queue.bind(exchange, "object.created")
+    await broker.bounded_queue("short", 3)
     publisher = await broker.publisher()
 
     results = await publish_all_confirmed(
