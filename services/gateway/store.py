@@ -11,10 +11,10 @@ returns (`notifications`), so its shape has one definition.
 A create is one statement and one round trip, its owner's limits, its event and its
 webhook deliveries included, shared with the creates that arrive with it (the
 statements take arrays: `creates.CreateBatcher`), and sends no NOTIFY (no stream can
-wait on an upload that did not exist; the creating process wakes its own announcers). Everything in the new
-upload's event is known before the write but for the two values the database assigns,
-the first entry's `seq` and the event id made from it, which the statement fills into
-the Python-built body (`EventDraft`).
+wait on an upload that did not exist; the creating process wakes its own announcers).
+Everything in the new upload's event is known before the write but for the two values
+the database assigns, the first entry's `seq` and the event id made from it, which the
+statement fills into the Python-built body (`EventDraft`).
 """
 
 from __future__ import annotations
