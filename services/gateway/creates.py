@@ -7,8 +7,9 @@ rows themselves cost, and in the gateway a pool checkout, a socket write and a
 wake-up. `CreateBatcher` queues each create's database work; at the end of the loop
 turn everything of one kind queued in it goes to the database in one statement on one
 connection, and each caller gets its own outcome back. Nothing waits for company: a
-lone create is written on the next turn, and batches keep being formed while earlier
-ones are in flight (up to the pool). Three kinds, one statement each (`store`):
+lone create is written on the next turn; while `MAX_IN_FLIGHT` statements of its kind
+are in flight, the creates that come meanwhile wait for one to end and go together.
+Three kinds, one statement each (`store`):
 
 - `insert_admitted`: a single-request create, its owner's limits checked in the insert;
 - `admit`: a multipart create's limits, before storage is asked to open it;
@@ -38,6 +39,10 @@ from services.gateway import store
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 64  # creates per statement: bounds its size and one batch's wait
+# Statements of one kind in flight per process. While they are, the next creates wait
+# and then go together: under load a batch fills up for as long as a statement takes
+# (creates that come back from storage one by one still share one), idle it is at once.
+MAX_IN_FLIGHT = 2
 
 Item = TypeVar("Item")
 Outcome = TypeVar("Outcome")
@@ -71,6 +76,7 @@ class _Lane(Generic[Item, Outcome]):
     one_per_owner: bool  # the statement takes owners' buckets: one create each, in turn
     queued: list[_Waiting[Item, Outcome]] = field(default_factory=list)
     scheduled: bool = False
+    in_flight: int = 0
 
 
 class CreateBatcher:
@@ -139,6 +145,8 @@ class CreateBatcher:
 
     def _flush(self, lane: _Lane[Item, Outcome]) -> None:
         lane.scheduled = False
+        if lane.in_flight >= MAX_IN_FLIGHT:
+            return  # the end of one in flight flushes again
         batch: list[_Waiting[Item, Outcome]] = []
         later: list[_Waiting[Item, Outcome]] = []
         for waiting in lane.queued:
@@ -154,6 +162,7 @@ class CreateBatcher:
         if any(not lane.one_per_owner or w.owner not in self._busy for w in later):
             self._schedule(lane)  # more than a batch came: the rest in the next one
         if batch:
+            lane.in_flight += 1
             task = asyncio.create_task(self._write(lane, batch))
             self._writing.add(task)
             task.add_done_callback(self._writing.discard)
@@ -164,6 +173,9 @@ class CreateBatcher:
         try:
             await self._run(lane, batch)
         finally:
+            lane.in_flight -= 1
+            if lane.queued:
+                self._schedule(lane)
             if lane.one_per_owner:
                 # The owners' next creates may go now, on their limits as these left them.
                 for waiting in batch:

@@ -399,3 +399,27 @@ async def test_multipart_admissions_and_records_are_batched_too(
         assert await store.timeline(pool, upload.id) == [entry]
         assert [e.type for e in await events_of(pool, upload.id)] == ["upload.pending"]
     await creates.close()
+
+
+async def test_creates_that_come_while_statements_are_in_flight_go_together(
+    pool: asyncpg.Pool[Any], outbox: NotificationOutbox
+) -> None:
+    creates, sizes = batcher(pool, outbox, limits(5))
+    # The timeline held: the statements in flight cannot end until it is let go.
+    async with pool.acquire() as holder, holder.transaction():
+        await holder.execute("LOCK TABLE upload_events IN EXCLUSIVE MODE")
+        waiting = []
+        for _ in range(20):  # one create per loop turn, as storage answers come back
+            waiting.append(asyncio.create_task(creates.insert(pending(uuid.uuid4().hex))))
+            await asyncio.sleep(0)
+        assert not any(task.done() for task in waiting)
+
+    entries = await asyncio.gather(*waiting)
+
+    assert len({e.upload_id for e in entries}) == 20
+    # Two statements went out on the first turns; the other 18 waited for one of them
+    # to end and then went together.
+    count, written = statements(sizes)
+    assert written == 20
+    assert count <= 3
+    await creates.close()
