@@ -123,7 +123,7 @@ class CreateBatcher:
         return await self._queue(self._insert_admitted, upload, upload.owner)
 
     async def admit(self, owner: str) -> store.Admission:
-        """`store.admit` for `owner`, with the creates of this turn."""
+        """`store.admit_owners` for `owner`, with the creates of this turn."""
         return await self._queue(self._admit, owner, owner)
 
     async def insert(self, upload: store.Upload) -> store.TimelineEntry:

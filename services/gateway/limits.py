@@ -17,7 +17,7 @@ from shared.problems import TooManyRequests
 from shared.settings import Settings
 
 # The create limits are checked in the create's own statement (`store.insert_admitted_upload`;
-# for a multipart create, `store.admit` before storage opens it), batched by `creates`.
+# for a multipart create, `store.admit_owners` before storage opens it), batched by `creates`.
 # Serialised per owner, so two streams opened at once can't both take the last slot.
 _OPEN_STREAM = """
 WITH lock AS (SELECT pg_advisory_xact_lock(hashtextextended('stream:' || $2, 0)))

@@ -50,6 +50,7 @@ _COLUMNS = (
     " multipart_upload_id, part_size, part_count, detected, thumbnails, reason,"
     " correlation_id, created_at, updated_at, expires_at, metadata"
 )
+_UPLOAD_FIELDS = tuple(c.strip() for c in _COLUMNS.split(","))
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,12 +173,12 @@ class Outbox(Protocol):
         ...
 
 
-# The columns of a new upload, typed: an INSERT ... SELECT infers nothing from them.
-_NEW_ROW = (
-    "$1::uuid, $2::text, $3::text, $4::text, $5::text, $6::bigint, $7::text, $8::text,"
-    " $9::text, $10::text, $11::text, $12::bigint, $13::integer, $14::jsonb, $15::jsonb,"
-    " $16::text, $17::text, $18::timestamptz, $19::timestamptz, $20::timestamptz, $21::jsonb"
-)
+# The type of each of `_COLUMNS`: the create statements take them as typed arrays.
+_COLUMN_TYPES = (
+    "uuid", "text", "text", "text", "text", "bigint", "text", "text", "text", "text", "text",
+    "bigint", "integer", "jsonb", "jsonb", "text", "text", "timestamptz", "timestamptz",
+    "timestamptz", "jsonb",
+)  # fmt: skip
 # The first timeline entry, from the inserted row (`row`); $22 is the actor. No NOTIFY:
 # nobody can be streaming an upload that did not exist, and the creating process wakes
 # its own outbox relay and webhook dispatcher (`UploadService.create`); another replica
@@ -256,10 +257,8 @@ admitted AS (
 # subscribed endpoints ($24, $25: one event type per batch).
 _JSON_COLUMNS = frozenset({"detected", "thumbnails", "metadata"})
 _ARRAY_TYPES = tuple(
-    "text" if column in _JSON_COLUMNS else kind.strip().split("::")[1]
-    for column, kind in zip(
-        (c.strip() for c in _COLUMNS.split(",")), _NEW_ROW.split(","), strict=True
-    )
+    "text" if column in _JSON_COLUMNS else kind
+    for column, kind in zip(_UPLOAD_FIELDS, _COLUMN_TYPES, strict=True)
 )
 _INPUT = f"""
 input AS (
@@ -267,8 +266,7 @@ input AS (
         $23::text[]) WITH ORDINALITY AS i({_COLUMNS}, body, n)
 )"""  # noqa: S608 - constant fragments
 _FROM_INPUT = ", ".join(
-    f"a.{column}::jsonb" if column in _JSON_COLUMNS else f"a.{column}"
-    for column in (c.strip() for c in _COLUMNS.split(","))
+    f"a.{column}::jsonb" if column in _JSON_COLUMNS else f"a.{column}" for column in _UPLOAD_FIELDS
 )
 _EVENT = _first_event("$24", "i.body", "$25", "JOIN input AS i ON i.id = e.upload_id")
 
@@ -373,8 +371,8 @@ def _create_args(outbox: Outbox, uploads: Sequence[Upload], actor: str) -> list[
     ):
         raise ValueError("the creates of one statement announce one event type")
     columns = [list(values) for values in zip(*map(_row_args, uploads), strict=True)]
-    for n, column in enumerate(_COLUMNS.split(",")):
-        if column.strip() in _JSON_COLUMNS:
+    for n, column in enumerate(_UPLOAD_FIELDS):
+        if column in _JSON_COLUMNS:
             columns[n] = [None if v is None else orjson.dumps(v).decode() for v in columns[n]]
     return [*columns, actor, [d.body for d in drafts], first.routing_key, first.subscribers]
 
@@ -447,16 +445,11 @@ async def insert_admitted_uploads(
     return admissions
 
 
-async def admit(conn: Queryable, owner: str, limits: CreateLimits) -> Admission:
-    """Only the owner's create limits (a token is taken if there is one)."""
-    [admission] = await admit_owners(conn, [owner], limits)
-    return admission
-
-
 async def admit_owners(
     conn: Queryable, owners: Sequence[str], limits: CreateLimits
 ) -> list[Admission]:
-    """`admit` for distinct owners, in one statement; one admission each, in order."""
+    """Only the create limits of distinct owners (a token is taken from each bucket that
+    has one), in one statement; one admission each, in order."""
     _distinct_owners(owners)
     rows = await conn.fetch(_ADMIT, list(owners), *_limit_args(limits))
     return [_admission_of(row, limits) for row in rows]
@@ -573,7 +566,6 @@ notify AS (
 SELECT m.*, e.seq AS entry_seq, e.at AS entry_at, (SELECT count(*) FROM notify) AS notified
 FROM moved AS m, entry AS e
 """
-_UPLOAD_FIELDS = tuple(c.strip() for c in _COLUMNS.split(","))
 _ALLOWED_COLUMNS = frozenset(
     {
         "detected",
