@@ -337,9 +337,11 @@ class Settings(BaseSettings):
     thumbnail_sizes: tuple[int, ...] = (1024, 256)
     max_image_pixels: int = Field(default=50_000_000, ge=1)
     processor_workers: int = Field(default=2, ge=1, le=64)
-    # Threads inside one image job: 1 suits `processor_workers` = cores (throughput);
-    # 2 with a single worker cuts one image's latency (~110 → ~86 ms for 12 MP here).
-    processor_threads: int = Field(default=1, ge=1, le=8)
+    # Threads inside one image job. Unset (auto): 2 for a job that starts while no
+    # other job runs (one upload on an idle machine gets both cores: ~64 → ~51 ms for
+    # a 2 MP photo here), 1 while others run (`processor_workers` = cores is then the
+    # throughput setting). A number is used for every job.
+    processor_threads: int | None = Field(default=None, ge=1, le=8)
     processor_metrics_port: Port | None = 18092
     # Hard limits on one file's decoding (videos, PDFs, HEIC/AVIF and other images).
     # A job over its wall time is killed with its pool process; the file is rejected.

@@ -192,6 +192,11 @@ class JobPool:
         self._waiters = ThreadPoolExecutor(workers, thread_name_prefix="job-pool")
         self.workers = workers
 
+    @property
+    def running(self) -> int:
+        """Jobs running now."""
+        return len(self._all) - len(self._idle)
+
     async def run(self, fn: Callable[..., _T], *args: Any, timeout: float) -> _T:  # noqa: ASYNC109
         """The job's result; raises its exception, `JobTimeout` or `JobCrashed`."""
         loop = asyncio.get_running_loop()

@@ -23,6 +23,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -155,40 +156,22 @@ class Processor:
         """Verify, describe and thumbnail the version `head` names; return the result event."""
         extra = {"upload_id": str(event.upload_id), "correlation_id": event.correlation_id}
         started = time.perf_counter()
-        declared = str(head.get("ContentType", "")).lower()
         size = int(head["ContentLength"])
         etag = str(head.get("ETag", "")).strip('"')
-        # Every read below is pinned to this version: a client re-using its upload URL
-        # can't swap the bytes between the checks and the verified copy.
-        pinned = {"IfMatch": f'"{etag}"'} if etag else {}
-        profile = profile_of(self._settings, head.get("Metadata"))
-        if not profile.recorded:
-            log.warning("the object names no known profile; applying %s", profile.name, extra=extra)
-
-        outcome: ImageReport | MediaReport | FileReport | Rejection
-        served: bytes | None = None  # what the verified copy holds, if not the whole object
-        if declared in IMAGE_TYPES and size <= MAX_IMAGE_BYTES:
-            data = await self._read(event, pinned)
-            outcome = await self._in_pool(
-                _analyse_image_job,
-                data,
-                declared,
-                tuple(self._settings.thumbnail_sizes),
-                self._settings.max_image_pixels,
-                self._settings.processor_threads,
-                image_policy(profile.policy),
-            )
-            if isinstance(outcome, ImageReport) and outcome.trailing_bytes_removed:
-                served = data[: outcome.served_size]  # a prefix of the scanned bytes
-        elif declared in MEDIA_TYPES and size > 0:
-            outcome = await self._describe_media(event, declared, size, etag, pinned)
-        else:
-            outcome = await self._describe_stream(event, declared, size, pinned)
-            if isinstance(outcome, FileReport) and outcome.detected_type == "application/zip":
-                outcome = await self._check_archive(event, size, pinned) or outcome
-
+        # The verified copy does not depend on what the checks find (but for an image
+        # whose trailing data is stripped, rewritten below), so storage makes it while
+        # they run; a rejected file's copy is deleted again. Downloads serve it only
+        # once the upload is `ready`.
+        copying = asyncio.ensure_future(self._keep_verified(event, etag, None, head))
+        try:
+            outcome, served = await self._check(event, head)
+        except BaseException:
+            await _cancelled(copying)
+            raise
         duration_ms = (time.perf_counter() - started) * 1000
         if isinstance(outcome, Rejection):
+            await _settled(copying)
+            await self._drop_verified(event)
             log.info("rejected (%s): %s", outcome.code, outcome.reason, extra=extra)
             return [
                 ProcessingRejected(
@@ -200,14 +183,19 @@ class Processor:
                     producer="processor",
                 )
             ]
+        if served is not None:
+            # The image alone replaces the whole object's copy.
+            await _settled(copying)
+            copying = asyncio.ensure_future(self._keep_verified(event, etag, served, head))
 
-        # The verified copy and the thumbnails are independent writes: sent together
-        # (the result is recorded in the ledger only once every one of them is stored).
+        # The result is recorded in the ledger only once every write below is stored.
         derivatives = outcome.derivatives if isinstance(outcome, MediaReport | ImageReport) else []
-        _, thumbnails = await asyncio.gather(
-            self._keep_verified(event, etag, served, head),
-            self._write_thumbnails(event, derivatives),
-        )
+        try:
+            thumbnails = await self._write_thumbnails(event, derivatives)
+        except BaseException:
+            await _cancelled(copying)
+            raise
+        await copying
         metadata: dict[str, Any]
         if isinstance(outcome, MediaReport):
             metadata = {
@@ -261,6 +249,51 @@ class Processor:
         PROCESS_SECONDS.observe(time.perf_counter() - started)
         log.info("ready (%d thumbnails, %.0f ms)", len(thumbnails), duration_ms, extra=extra)
         return [done]
+
+    async def _check(
+        self, event: ScanClean, head: dict[str, Any]
+    ) -> tuple[ImageReport | MediaReport | FileReport | Rejection, bytes | None]:
+        """What the file is, and the bytes to serve when they are not the whole object."""
+        declared = str(head.get("ContentType", "")).lower()
+        size = int(head["ContentLength"])
+        etag = str(head.get("ETag", "")).strip('"')
+        # Every read below is pinned to this version: a client re-using its upload URL
+        # can't swap the bytes between the checks and the verified copy.
+        pinned = {"IfMatch": f'"{etag}"'} if etag else {}
+        profile = profile_of(self._settings, head.get("Metadata"))
+        if not profile.recorded:
+            extra = {"upload_id": str(event.upload_id), "correlation_id": event.correlation_id}
+            log.warning("the object names no known profile; applying %s", profile.name, extra=extra)
+        outcome: ImageReport | MediaReport | FileReport | Rejection
+        served: bytes | None = None  # what the verified copy holds, if not the whole object
+        if declared in IMAGE_TYPES and size <= MAX_IMAGE_BYTES:
+            data = await self._read(event, pinned)
+            outcome = await self._in_pool(
+                _analyse_image_job,
+                data,
+                declared,
+                tuple(self._settings.thumbnail_sizes),
+                self._settings.max_image_pixels,
+                job_threads(self._settings.processor_threads, self._pool.running),
+                image_policy(profile.policy),
+            )
+            if isinstance(outcome, ImageReport) and outcome.trailing_bytes_removed:
+                served = data[: outcome.served_size]  # a prefix of the scanned bytes
+        elif declared in MEDIA_TYPES and size > 0:
+            outcome = await self._describe_media(event, declared, size, etag, pinned)
+        else:
+            outcome = await self._describe_stream(event, declared, size, pinned)
+            if isinstance(outcome, FileReport) and outcome.detected_type == "application/zip":
+                outcome = await self._check_archive(event, size, pinned) or outcome
+        return outcome, served
+
+    async def _drop_verified(self, event: ScanClean) -> None:
+        """Delete the verified copy of a file the checks refused."""
+        target = verified_key(self._settings.verified_prefix, event.key)
+        try:
+            await self._s3.delete_object(Bucket=event.bucket, Key=target)
+        except (ClientError, BotoCoreError) as exc:
+            raise Retry(f"storage DELETE failed: {exc}") from exc
 
     async def _head(self, event: ScanClean) -> dict[str, Any] | None:
         """The object's HEAD; None if it is gone."""
@@ -486,6 +519,15 @@ def read_failure(exc: ClientError | BotoCoreError) -> Reject | Retry:
     return Retry(f"storage GET failed: {exc}")
 
 
+def job_threads(setting: int | None, running: int, cpus: int | None = None) -> int:
+    """Threads for an image job: `setting` if given, else 2 on an idle pool, 1 on a busy one."""
+    if setting is not None:
+        return setting
+    if running:
+        return 1
+    return min(2, cpus if cpus is not None else os.cpu_count() or 1)
+
+
 def _analyse_image_job(
     data: bytes,
     declared: str,
@@ -505,7 +547,13 @@ def _analyse_image_job(
     )
 
 
-async def _cancelled(task: asyncio.Task[Any]) -> None:
+async def _settled(task: asyncio.Future[Any]) -> None:
+    """Wait for a write that is about to be replaced or deleted; its failure no longer matters."""
+    with contextlib.suppress(Retry, Reject):
+        await task
+
+
+async def _cancelled(task: asyncio.Future[Any]) -> None:
     """Cancel a helper task and wait for it; its own failure no longer matters."""
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Retry, Reject):

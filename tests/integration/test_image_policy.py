@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
+from botocore.exceptions import ClientError
 
 from services.gateway.app import create_app
 from shared.keys import PROFILE_METADATA, verified_key
-from shared.s3 import s3_client
+from shared.s3 import is_not_found, s3_client
 from shared.settings import MiB, Settings
 from tests.support import (
     Uploads,
@@ -87,11 +88,27 @@ async def downloaded(uploads: Uploads, upload_id: str) -> bytes:
         return await resp.read()
 
 
+async def verified_copy(settings: Settings, key: str) -> int | None:
+    """The size of the verified copy of `key`, None if storage holds none."""
+    async with s3_client(settings) as s3:
+        try:
+            head = await s3.head_object(
+                Bucket=settings.bucket, Key=verified_key(settings.verified_prefix, key)
+            )
+        except ClientError as exc:
+            if is_not_found(exc):
+                return None
+            raise
+    return int(head["ContentLength"])
+
+
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-async def test_a_gif_of_ten_thousand_frames_is_rejected(uploads: Uploads, workers: None) -> None:
+async def test_a_gif_of_ten_thousand_frames_is_rejected(
+    uploads: Uploads, workers: None, settings: Settings
+) -> None:
     data = many_frame_gif(10_000)
 
     record = await upload(uploads, data, "image/gif", "image")
@@ -99,6 +116,8 @@ async def test_a_gif_of_ten_thousand_frames_is_rejected(uploads: Uploads, worker
     assert record["status"] == "rejected", record
     assert record["timeline"][-1]["detail"]["code"] == "too_many_frames"
     assert "more than 1000 frames" in record["reason"]
+    # Storage copies the file while it is checked: a refused file keeps no copy.
+    assert await verified_copy(settings, record["key"]) is None
 
 
 async def test_a_png_with_an_8_mb_text_chunk_is_rejected(uploads: Uploads, workers: None) -> None:
@@ -155,7 +174,11 @@ async def test_media_keeps_the_upload_as_it_came(uploads: Uploads, workers: None
 
 
 async def test_a_profile_may_refuse_trailing_data(
-    http: ClientSession, strict_gateway: str, owner_headers: dict[str, str], workers: None
+    http: ClientSession,
+    strict_gateway: str,
+    owner_headers: dict[str, str],
+    workers: None,
+    settings: Settings,
 ) -> None:
     strict = Uploads(http, strict_gateway, owner_headers)
     jpeg = make_jpeg()
@@ -165,6 +188,8 @@ async def test_a_profile_may_refuse_trailing_data(
 
     assert refused["status"] == "rejected", refused
     assert refused["timeline"][-1]["detail"]["code"] == "trailing_data"
+    assert await verified_copy(settings, refused["key"]) is None
     assert refused["reason"].startswith(f"{len(ZIP)} bytes follow the end of the JPEG")
     assert clean["status"] == "ready", clean
     assert clean["detected"]["trailing_bytes"] == 0
+    assert await verified_copy(settings, clean["key"]) == len(jpeg)

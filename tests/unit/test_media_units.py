@@ -3,10 +3,12 @@ limits on real decoding of files made here (in memory, no storage)."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import struct
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,9 +17,10 @@ from services.processor.media import MediaLimits, clean_text
 from services.processor.pool import JobCrashed, JobPool, JobTimeout
 from services.processor.ranged import RangedReader, ReadBudgetExceeded, StorageReadError
 from services.processor.video import describe_video, matroska_declared_size
+from services.processor.worker import job_threads
 from shared.detected import Detected
 from shared.sniff import sniff_type, type_matches
-from tests.support import make_video, pdf_file
+from tests.support import eventually, make_video, pdf_file
 
 LIMITS = MediaLimits(sizes=(1024, 256), max_pixels=50_000_000, read_bytes=64 << 20)
 
@@ -286,6 +289,35 @@ async def test_a_crash_is_reported_with_its_signal_and_errors_come_back_as_they_
         with pytest.raises(ValueError, match="bad input"):
             await pool.run(failing_job, timeout=30)
         assert await pool.run(sleep_job, 0, timeout=30) == "slept"
+
+
+def wait_for_file_job(path: str) -> str:
+    while not os.path.exists(path):
+        time.sleep(0.005)
+    return "released"
+
+
+async def test_a_job_on_an_idle_pool_gets_two_threads_and_one_beside_another_job(
+    tmp_path: Path,
+) -> None:
+    release = tmp_path / "release"
+    with JobPool(2) as pool:
+        assert pool.running == 0
+        assert job_threads(None, pool.running, cpus=2) == 2
+        held = asyncio.ensure_future(pool.run(wait_for_file_job, str(release), timeout=30))
+
+        async def started() -> bool:
+            return pool.running == 1
+
+        await eventually(started, timeout=10, what="the job to start")
+        # Another image job now shares the cores with it.
+        assert job_threads(None, pool.running, cpus=2) == 1
+        release.touch()
+        assert await held == "released"
+        assert pool.running == 0
+    # A configured number is used whatever runs; one core never gets two threads.
+    assert job_threads(3, 1, cpus=2) == job_threads(3, 0, cpus=2) == 3
+    assert job_threads(None, 0, cpus=1) == 1
 
 
 def test_the_openapi_document_describes_video_and_document_facts() -> None:
