@@ -9,23 +9,34 @@ bookkeeping is aiormq's own (`Channel.basic_publish`, aiormq 7.2, pinned), done
 once per batch instead of once per message; `tests/integration/test_amqp.py` holds
 it to aio-pika's results (confirms, nacks, returns, a closed channel) and
 `bench/events.py` measures it against aio-pika's publishing.
+
+The frames are built here too, byte for byte as pamqp marshals them
+(`tests/unit/test_amqp_frames.py`): a `basic.publish` frame is the same for every
+message to one exchange and routing key, so it is made once; an event's content
+header (`JsonProperties`, the fixed set of properties every event carries) is
+packed directly rather than property by property: an event's frames cost ~6 µs of
+CPU here, against ~19 µs through pamqp's objects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
 import aio_pika.abc
 import aiormq
 import aiormq.abc
+import pamqp.frame
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError, DeliveryError, PublishError
 from aiormq.abc import ChannelFrame
 from pamqp.commands import Basic
+from pamqp.encode import field_table
 from pamqp.header import ContentHeader
 
 from shared.amqp.topology import declare_exchange
@@ -51,12 +62,152 @@ class Unroutable(PublishFailed):
 
 
 @dataclass(frozen=True, slots=True)
+class JsonProperties:
+    """The properties of a persistent JSON event, as `aio_pika.Message` builds them.
+
+    `header_frame` packs the content header frame pamqp would marshal from them
+    (the golden tests compare the two), without building pamqp's objects.
+    """
+
+    message_id: str
+    correlation_id: str | None
+    message_type: str
+    timestamp: datetime
+    app_id: str
+    headers: dict[str, Any]
+
+    def basic(self) -> Basic.Properties:
+        """pamqp's own object for the same properties."""
+        return Basic.Properties(
+            app_id=self.app_id,
+            content_type=CONTENT_TYPE,
+            correlation_id=self.correlation_id,
+            delivery_mode=PERSISTENT,
+            headers=self.headers,
+            message_id=self.message_id,
+            message_type=self.message_type,
+            priority=0,
+            timestamp=self.timestamp,
+        )
+
+    def header_frame(self, channel_number: int, body_size: int) -> bytes:
+        """The content header frame for a body of `body_size` bytes on the channel."""
+        # In pamqp's order (the flags' order); an empty string is left out, as there.
+        flags = _FIXED_FLAGS
+        parts = [_CONTENT_TYPE_FIELD, field_table(self.headers), _PERSISTENT_PRIORITY_0]
+        if self.correlation_id:
+            flags |= _CORRELATION_ID
+            parts.append(_short_string(self.correlation_id))
+        if self.message_id:
+            flags |= _MESSAGE_ID
+            parts.append(_short_string(self.message_id))
+        flags |= _TIMESTAMP
+        parts.append(_UINT64.pack(_seconds(self.timestamp)))
+        if self.message_type:
+            flags |= _TYPE
+            parts.append(_short_string(self.message_type))
+        if self.app_id:
+            flags |= _APP_ID
+            parts.append(_short_string(self.app_id))
+        properties = b"".join(parts)
+        return b"".join(
+            (
+                _HEADER_START.pack(
+                    _FRAME_HEADER,
+                    channel_number,
+                    _HEADER_FIXED + len(properties),
+                    Basic.frame_id,
+                    0,  # weight
+                    body_size,
+                    flags,
+                ),
+                properties,
+                _FRAME_END,
+            )
+        )
+
+
+CONTENT_TYPE = "application/json"
+_FRAME_METHOD, _FRAME_HEADER, _FRAME_BODY = 1, 2, 3
+_FRAME_END = b"\xce"
+_FRAME_START = struct.Struct(">BHI")  # type, channel, payload size
+_HEADER_START = struct.Struct(">BHIHHQH")  # + class, weight, body size, property flags
+_HEADER_FIXED = struct.calcsize(">HHQH")
+_UINT64 = struct.Struct(">Q")
+_FLAGS = Basic.Properties.flags
+_CORRELATION_ID = _FLAGS["correlation_id"]
+_MESSAGE_ID = _FLAGS["message_id"]
+_TIMESTAMP = _FLAGS["timestamp"]
+_TYPE = _FLAGS["message_type"]
+_APP_ID = _FLAGS["app_id"]
+_FIXED_FLAGS = (
+    _FLAGS["content_type"] | _FLAGS["headers"] | _FLAGS["delivery_mode"] | _FLAGS["priority"]
+)
+_CONTENT_TYPE_FIELD = bytes((len(CONTENT_TYPE),)) + CONTENT_TYPE.encode()
+_PERSISTENT_PRIORITY_0 = bytes((PERSISTENT, 0))
+
+
+def _short_string(value: str) -> bytes:
+    raw = value.encode()
+    if len(raw) > 255:
+        raise ValueError(f"an AMQP short string holds at most 255 bytes, not {len(raw)}")
+    return bytes((len(raw),)) + raw
+
+
+def _seconds(value: datetime) -> int:
+    """Whole seconds since the epoch; a naive time is UTC (as pamqp takes it)."""
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp())
+
+
+@functools.lru_cache(maxsize=1024)
+def publish_frame(channel_number: int, exchange: str, routing_key: str, mandatory: bool) -> bytes:
+    """The `basic.publish` method frame, the same for every message it announces."""
+    method = Basic.Publish(exchange=exchange, routing_key=routing_key, mandatory=mandatory)
+    return pamqp.frame.marshal(method, channel_number)
+
+
+def body_frames(channel_number: int, body: bytes, max_size: int) -> list[bytes]:
+    """`body` in content body frames of at most `max_size` bytes (none for no body)."""
+    return [
+        b"".join((_FRAME_START.pack(_FRAME_BODY, channel_number, len(piece)), piece, _FRAME_END))
+        for piece in (body[i : i + max_size] for i in range(0, len(body), max_size))
+    ]
+
+
+def message_frames(
+    channel_number: int,
+    exchange: str,
+    routing_key: str,
+    mandatory: bool,
+    body: bytes,
+    properties: Basic.Properties | JsonProperties,
+    max_size: int,
+) -> bytes:
+    """Every frame of one published message, as pamqp marshals them."""
+    if isinstance(properties, JsonProperties):
+        header = properties.header_frame(channel_number, len(body))
+    else:
+        header = pamqp.frame.marshal(
+            ContentHeader(properties=properties, body_size=len(body)), channel_number
+        )
+    return b"".join(
+        (
+            publish_frame(channel_number, exchange, routing_key, mandatory),
+            header,
+            *body_frames(channel_number, body, max_size),
+        )
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Outgoing:
     """One message to publish: its routing key, body and AMQP properties."""
 
     routing_key: str
     body: bytes
-    properties: Basic.Properties
+    properties: Basic.Properties | JsonProperties
 
 
 def json_properties(
@@ -67,19 +218,16 @@ def json_properties(
     timestamp: datetime,
     app_id: str,
     headers: dict[str, Any],
-) -> Basic.Properties:
+) -> JsonProperties:
     """The properties of a persistent JSON event, as `aio_pika.Message` would build
     them (`test_amqp.py` compares the two byte for byte), without building one."""
-    return Basic.Properties(
-        app_id=app_id,
-        content_type="application/json",
-        correlation_id=correlation_id,
-        delivery_mode=PERSISTENT,
-        headers=headers,
+    return JsonProperties(
         message_id=message_id,
+        correlation_id=correlation_id,
         message_type=message_type,
-        priority=0,
         timestamp=timestamp,
+        app_id=app_id,
+        headers=headers,
     )
 
 
@@ -122,7 +270,9 @@ async def _write(
     """
     channel: Any = raw  # aiormq.Channel: its bookkeeping is not in the abstract class
     futures: list[asyncio.Future[Any]] = []
-    frames: list[Any] = []
+    frames: list[bytes] = []
+    number: int = channel.number
+    max_size: int = channel.max_content_size
     async with channel.lock:
         first = channel.delivery_tag + 1
         try:
@@ -135,22 +285,20 @@ async def _write(
                     channel.message_id_delivery_tag[message_id] = tag
                     future.add_done_callback(_forget(channel, message_id, tag))
                 frames.append(
-                    Basic.Publish(
-                        exchange=exchange_name,
-                        routing_key=message.routing_key,
-                        mandatory=mandatory,
+                    message_frames(
+                        number,
+                        exchange_name,
+                        message.routing_key,
+                        mandatory,
+                        message.body,
+                        message.properties,
+                        max_size,
                     )
                 )
-                frames.append(
-                    ContentHeader(properties=message.properties, body_size=len(message.body))
-                )
-                frames.extend(channel._split_body(message.body))
             channel.delivery_tag = first + len(messages) - 1
             drained = channel.create_future()
             await channel.connection.write_queue.put(
-                ChannelFrame.marshall(
-                    channel_number=channel.number, frames=frames, drain_future=drained
-                )
+                ChannelFrame(payload=b"".join(frames), should_close=False, drain_future=drained)
             )
         except BaseException:
             # Not written: the broker never saw these tags.

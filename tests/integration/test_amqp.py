@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 import aio_pika
 import aio_pika.abc
 import pytest
-from pamqp.header import ContentHeader
 from prometheus_client import CollectorRegistry
 from yarl import URL
 
@@ -280,39 +279,6 @@ async def test_publish_to_a_missing_exchange_raises_and_the_channel_recovers(
     await good.publish(event, timeout=5)
     message = await broker.get(spec.name)
     assert message.message_id == event.event_id
-
-
-def test_json_properties_are_the_ones_aio_pika_builds_byte_for_byte() -> None:
-    when = datetime(2026, 12, 1, 19, 30, 5, tzinfo=UTC)
-    cases = [
-        ("e-1", "corr-1", "upload.created", {"upload_id": str(uuid.uuid4())}),
-        ("e-2", None, "upload.ready", {}),
-        ("é-3", "c" * 200, "upload.failed", {"upload_id": "x", "n": 3}),
-    ]
-    for message_id, correlation_id, kind, headers in cases:
-        theirs = aio_pika.Message(
-            b"{}",
-            headers=dict(headers),
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message_id,
-            correlation_id=correlation_id,
-            type=kind,
-            timestamp=when,
-            app_id="clearance-gateway",
-        ).properties
-        ours = json_properties(
-            message_id=message_id,
-            correlation_id=correlation_id,
-            message_type=kind,
-            timestamp=when,
-            app_id="clearance-gateway",
-            headers=dict(headers),
-        )
-        assert (
-            ContentHeader(properties=ours, body_size=2).marshal()
-            == ContentHeader(properties=theirs, body_size=2).marshal()
-        )
 
 
 def _outgoing(routing_key: str, n: int) -> Outgoing:
