@@ -198,6 +198,28 @@ async def test_slow_header_connections_are_closed(limited: Callable[..., Any]) -
         writer.close()
 
 
+async def test_a_body_that_stops_arriving_gets_408(
+    limited: Callable[..., Any], settings: Settings
+) -> None:
+    base = await limited(body_read_timeout_seconds=0.5)
+    host, port = base.removeprefix("http://").split(":")
+    body = orjson.dumps(JPEG)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Authorization: {bearer(settings)['Authorization']}\r\n".encode()
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body[:5]  # then nothing more
+        )
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 408 "), head
+    assert b"application/problem+json" in head
+
+
 async def test_every_answer_carries_the_safe_headers(
     http: ClientSession, gateway: str, settings: Settings
 ) -> None:
