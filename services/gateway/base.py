@@ -30,8 +30,13 @@ M = TypeVar("M", bound=BaseModel)
 def json_response(
     model: BaseModel | dict[str, Any] | list[Any], *, status: int = 200
 ) -> web.Response:
-    body = model.model_dump(mode="json") if isinstance(model, BaseModel) else model
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+    if isinstance(model, BaseModel):
+        # pydantic's serializer writes the JSON itself (what `model_dump(mode="json")`
+        # and a dumps would give, without the intermediate dict).
+        body = model.__pydantic_serializer__.to_json(model)
+    else:
+        body = orjson.dumps(model)
+    return web.Response(body=body, status=status, content_type="application/json")
 
 
 def validation_errors(exc: ValidationError) -> list[FieldError]:
