@@ -43,7 +43,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from services.gateway import webhooks
 from services.gateway.notifications import upload_event
 from services.gateway.store import DATABASE_ERRORS, DRAFT_SEQ, EventDraft, TimelineEntry, Upload
-from shared.amqp.publisher import Outgoing, PublishFailed, json_properties, publish_all_confirmed
+from shared.amqp.publisher import JsonProperties, Outgoing, PublishFailed, publish_all_confirmed
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -164,7 +164,7 @@ def _outgoing(row: asyncpg.Record) -> Outgoing:
     return Outgoing(
         routing_key=row["routing_key"],
         body=row["body"].encode(),
-        properties=json_properties(
+        properties=JsonProperties(
             message_id=row["event_id"],
             correlation_id=row["correlation_id"],
             message_type=row["routing_key"],

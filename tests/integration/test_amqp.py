@@ -40,7 +40,7 @@ from shared.amqp import (
     retry_queue_name,
     run_until_signalled,
 )
-from shared.amqp.publisher import Outgoing, json_properties, publish_all_confirmed
+from shared.amqp.publisher import JsonProperties, Outgoing, publish_all_confirmed
 from shared.events import AnyEvent, ObjectCreated, ScanClean, UploadFailed
 from shared.settings import Settings
 from tests.proxy import LinkProxy
@@ -285,7 +285,7 @@ def _outgoing(routing_key: str, n: int) -> Outgoing:
     return Outgoing(
         routing_key,
         f'{{"n": {n}}}'.encode(),
-        json_properties(
+        JsonProperties(
             message_id=f"m-{n}",
             correlation_id=None,
             message_type=routing_key,

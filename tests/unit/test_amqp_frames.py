@@ -20,7 +20,7 @@ from pamqp.body import ContentBody
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
 
-from shared.amqp.publisher import JsonProperties, json_properties, message_frames
+from shared.amqp.publisher import JsonProperties, message_frames
 
 MAX_SIZE = 131_072 - 8  # aiormq: the broker's frame_max less the frame's own bytes
 
@@ -83,7 +83,7 @@ def random_case(rng: random.Random) -> tuple[int, str, str, bool, bytes, JsonPro
         seconds=rng.randint(0, 10**8), microseconds=rng.randint(0, 999_999)
     )
     size = rng.choice([0, 1, rng.randint(2, 5000), MAX_SIZE - 1, MAX_SIZE, 2 * MAX_SIZE + 3])
-    props = json_properties(
+    props = JsonProperties(
         message_id=text(rng, 60),
         correlation_id=rng.choice([None, "", text(rng, 80)]),
         message_type=text(rng, 30),
@@ -117,7 +117,7 @@ def test_every_random_message_is_framed_as_pamqp_frames_it() -> None:
 
 
 def test_a_relay_event_is_framed_as_pamqp_frames_it() -> None:
-    props = json_properties(
+    props = JsonProperties(
         message_id="upload.created:9b5c1c6e-6f0e-4c7e-9d3a-0f6f1d9b2f10:1",
         correlation_id="req-1",
         message_type="upload.created",
@@ -134,7 +134,7 @@ def test_a_relay_event_is_framed_as_pamqp_frames_it() -> None:
 
 
 def test_a_property_over_255_bytes_is_refused_not_truncated() -> None:
-    props = json_properties(
+    props = JsonProperties(
         message_id="é" * 128,  # 256 bytes
         correlation_id=None,
         message_type="t",
