@@ -49,15 +49,14 @@ def validation_errors(exc: ValidationError) -> list[FieldError]:
 
 async def read_model(request: web.Request, model: type[M], *, empty_ok: bool = False) -> M:
     """The request's JSON object body as `model`; BadRequest or ValidationFailed if not."""
-    if request.content.is_eof():
-        raw = await request.read()  # all here already (a small body comes with the head)
-    else:
-        try:
-            # Bounded in size by the app's client_max_size (→ 413) and in time here.
-            async with asyncio.timeout(request.app[SETTINGS].body_read_timeout_seconds):
-                raw = await request.read()
-        except TimeoutError:
-            raise RequestTimeout("the request body did not arrive in time") from None
+    # Bounded in size by the app's client_max_size (→ 413) and in time here, unless it
+    # is all here already (a small body comes with the head): then no timer is armed.
+    limit = None if request.content.is_eof() else request.app[SETTINGS].body_read_timeout_seconds
+    try:
+        async with asyncio.timeout(limit):
+            raw = await request.read()
+    except TimeoutError:
+        raise RequestTimeout("the request body did not arrive in time") from None
     if not raw.strip():
         if empty_ok:
             return model.model_validate({})

@@ -76,20 +76,6 @@ class JsonProperties:
     app_id: str
     headers: dict[str, Any]
 
-    def basic(self) -> Basic.Properties:
-        """pamqp's own object for the same properties."""
-        return Basic.Properties(
-            app_id=self.app_id,
-            content_type=CONTENT_TYPE,
-            correlation_id=self.correlation_id,
-            delivery_mode=PERSISTENT,
-            headers=self.headers,
-            message_id=self.message_id,
-            message_type=self.message_type,
-            priority=0,
-            timestamp=self.timestamp,
-        )
-
     def header_frame(self, channel_number: int, body_size: int) -> bytes:
         """The content header frame for a body of `body_size` bytes on the channel."""
         # In pamqp's order (the flags' order); an empty string is left out, as there.
@@ -128,7 +114,7 @@ class JsonProperties:
 
 
 CONTENT_TYPE = "application/json"
-_FRAME_METHOD, _FRAME_HEADER, _FRAME_BODY = 1, 2, 3
+_FRAME_HEADER, _FRAME_BODY = 2, 3
 _FRAME_END = b"\xce"
 _FRAME_START = struct.Struct(">BHI")  # type, channel, payload size
 _HEADER_START = struct.Struct(">BHIHHQH")  # + class, weight, body size, property flags

@@ -112,7 +112,7 @@ def test_every_random_message_is_framed_as_pamqp_frames_it() -> None:
         assert ours == theirs, (channel, exchange, key, mandatory, len(body), props)
         # pamqp's own object for the same properties frames the same way too.
         assert ours == message_frames(
-            channel, exchange, key, mandatory, body, props.basic(), MAX_SIZE
+            channel, exchange, key, mandatory, body, aio_pika_properties(props), MAX_SIZE
         )
 
 
