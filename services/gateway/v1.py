@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+import orjson
 from aiohttp import web
 
 from services.gateway import store
@@ -16,25 +17,46 @@ from services.gateway.models import (
     MultipartPlan,
     SignedPart,
     SignedParts,
-    SignedRequest,
     SignPartsRequest,
     StoredPart,
     StoredParts,
     ThumbnailLink,
     TimelineItem,
-    UploadCreated,
     UploadPage,
     UploadRecord,
     UploadSummary,
 )
 from services.gateway.policy import checksum_b64
 from shared.keys import verified_key
+from shared.presign import PresignedRequest
 from shared.problems import Conflict, FieldError, ValidationFailed
 from shared.status import BEFORE_LANDING, Status
 
 COMPANION_ONLY = "this upload was started through the Uppy routes (/s3); continue it there"
 PAGE_SIZE = 20
 MAX_PAGE_SIZE = 100
+
+
+def created_body(upload: store.Upload, signed: PresignedRequest | None) -> bytes:
+    """The `UploadCreated` JSON of a new upload: its single PUT when `signed`, else its
+    multipart plan. Written with orjson directly, byte for byte what the model
+    serialises (`tests/unit/test_created_body.py`) at about a third of the cost: the
+    models' validation was a tenth of a create's gateway CPU."""
+    return orjson.dumps(
+        {
+            "id": upload.id,
+            "status": upload.status,
+            "key": upload.key,
+            "expires_at": upload.expires_at,
+            "upload": None
+            if signed is None
+            else {"method": "PUT", "url": signed.url, "headers": signed.headers},
+            "multipart": None
+            if signed is not None
+            else {"part_size": upload.part_size, "part_count": upload.part_count},
+        },
+        option=orjson.OPT_UTC_Z,
+    )
 
 
 class UploadsView(BaseView):
@@ -50,17 +72,11 @@ class UploadsView(BaseView):
             metadata=body.metadata,
             correlation_id=correlation_id(self.request),
         )
-        created = UploadCreated(
-            id=upload.id, status=upload.status, key=upload.key, expires_at=upload.expires_at
+        multipart = upload.part_size is not None and upload.part_count is not None
+        signed = None if multipart else self.uploads.sign_put(upload)
+        response = web.Response(
+            body=created_body(upload, signed), status=201, content_type="application/json"
         )
-        if upload.part_size is not None and upload.part_count is not None:
-            created.multipart = MultipartPlan(
-                part_size=upload.part_size, part_count=upload.part_count
-            )
-        else:
-            signed = self.uploads.sign_put(upload)
-            created.upload = SignedRequest(method="PUT", url=signed.url, headers=signed.headers)
-        response = json_response(created, status=201)
         response.headers["Location"] = f"/v1/uploads/{upload.id}"
         return response
 
