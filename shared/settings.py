@@ -256,8 +256,12 @@ class Settings(BaseSettings):
     announcer_host: str = "127.0.0.1"
     announcer_port: Port = 8082
     outbox_poll_seconds: float = Field(default=2.0, gt=0, le=300)
-    # After a wake-up, wait this long so that changes committed meanwhile share the pass.
+    # After a wake-up, wait this long so that changes committed meanwhile share the pass;
+    # after a pass of at least `outbox_busy_events` (under load), `_busy_linger_seconds`:
+    # one claim, broker write and commit then serve several times as many events.
     outbox_linger_seconds: float = Field(default=0.01, ge=0, le=1)
+    outbox_busy_events: int = Field(default=32, ge=1, le=10_000)
+    outbox_busy_linger_seconds: float = Field(default=0.05, ge=0, le=1)
     outbox_publish_timeout_seconds: float = Field(default=5.0, gt=0, le=120)
 
     # Webhooks: signed POSTs of the same events to operator-configured endpoints, e.g.
