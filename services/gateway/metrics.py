@@ -38,12 +38,22 @@ class GatewayMetrics:
             ["profile", "outcome"],
             registry=self.registry,
         )
+        self._created: dict[tuple[str, str], Counter] = {}
         self.transitions = Counter(
             "clearance_upload_transitions_total",
             "Status transitions applied, by target status",
             ["status"],
             registry=self.registry,
         )
+
+    def count_create(self, profile: str, outcome: str) -> None:
+        """One more create of `profile` (a configured name: labels stay few) by outcome."""
+        child = self._created.get((profile, outcome))
+        if child is None:
+            child = self._created[(profile, outcome)] = self.uploads_created.labels(
+                profile, outcome
+            )
+        child.inc()
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -156,7 +156,9 @@ class UploadService:
                     "the declared file does not meet the upload policy", errors=errors
                 )
         except (PolicyRefused, MetadataRefused):
-            self.metrics.uploads_created.labels(name, "rejected").inc()
+            # A client's unknown profile name is no label: /metrics stays bounded.
+            known = name if name in self.settings.profiles else "unknown"
+            self.metrics.count_create(known, "rejected")
             raise
         part_size = part_count = None
         if size is not None:
@@ -197,7 +199,7 @@ class UploadService:
         else:
             self.limits.check(await self.creates.insert_admitted(upload))
         self.announce()
-        self.metrics.uploads_created.labels(name, "created").inc()
+        self.metrics.count_create(name, "created")
         return upload
 
     # -- signing -------------------------------------------------------------------

@@ -37,6 +37,20 @@ async def test_metrics_count_requests_and_created_uploads(
     assert 'clearance_http_requests_total{method="POST",route="/v1/uploads",status="201"}' in text
 
 
+async def test_a_clients_profile_names_do_not_become_metric_labels(
+    http: ClientSession, gateway: str, owner_headers: dict[str, str]
+) -> None:
+    names = [f"no-such-profile-{n}" for n in range(5)]
+    for name in names:
+        body = {"filename": "m.png", "content_type": "image/png", "size": 10, "profile": name}
+        async with http.post(f"{gateway}/v1/uploads", json=body, headers=owner_headers) as resp:
+            assert resp.status == 422, await resp.text()
+    async with http.get(f"{gateway}/metrics") as resp:
+        text = await resp.text()
+    assert not any(name in text for name in names)
+    assert 'clearance_uploads_created_total{outcome="rejected",profile="unknown"}' in text
+
+
 async def test_openapi_describes_exactly_the_routes_that_exist(
     http: ClientSession, gateway: str, settings: Settings
 ) -> None:
