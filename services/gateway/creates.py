@@ -134,12 +134,14 @@ class CreateBatcher:
         return await self._queue(self._insert, upload, upload.owner)
 
     async def _queue(self, lane: _Lane[Item, Outcome], item: Item, owner: str) -> Outcome:
-        waiting = _Waiting[Item, Outcome](item, owner, asyncio.get_running_loop().create_future())
+        done: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
+        waiting = _Waiting(item, owner, done)  # not `_Waiting[…](…)`: typing's call is slow
         lane.queued.append(waiting)
         self._schedule(lane)
-        # A cancelled caller does not cancel the batch (the others still need it); its
-        # create is then written or not, as a cancelled single statement would be.
-        return await asyncio.shield(waiting.done)
+        # A cancelled caller cancels only its own future, never the batch (the others
+        # still need it), which then leaves that future alone: its create is written or
+        # not, as a cancelled single statement would be.
+        return await done
 
     def _schedule(self, lane: _Lane[Any, Any]) -> None:
         if not lane.scheduled:

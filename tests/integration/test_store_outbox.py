@@ -339,6 +339,32 @@ async def test_creates_that_come_together_share_one_statement_each_with_its_own_
     await creates.close()
 
 
+async def test_a_cancelled_caller_leaves_its_batch_to_the_others(
+    pool: asyncpg.Pool[Any], outbox: NotificationOutbox
+) -> None:
+    creates, sizes = batcher(pool, outbox, limits(5))
+    uploads = [pending(uuid.uuid4().hex) for _ in range(5)]
+    calls = [asyncio.ensure_future(creates.insert_admitted(u)) for u in uploads]
+    await asyncio.sleep(0)  # the batch is under way
+    calls[2].cancel()
+
+    async with asyncio.timeout(10):  # a batch broken by the cancel would leave them hanging
+        done = await asyncio.gather(*calls, return_exceptions=True)
+
+    assert isinstance(done[2], asyncio.CancelledError)
+    assert statements(sizes) == (1, 5)  # the cancelled one was in the statement all along
+    for upload, admission in zip(uploads, done, strict=True):
+        if isinstance(admission, store.Admission):
+            assert admission.entry is not None
+            assert admission.entry.upload_id == upload.id
+    # Written with the others (as a cancelled single statement can be), and counted.
+    assert await store.get_upload(pool, uploads[2].id) is not None
+    # The batcher goes on serving.
+    later = await creates.insert_admitted(pending(uuid.uuid4().hex))
+    assert later.admitted
+    await creates.close()
+
+
 async def test_two_creates_of_one_owner_in_one_turn_are_admitted_one_after_the_other(
     pool: asyncpg.Pool[Any], outbox: NotificationOutbox
 ) -> None:
