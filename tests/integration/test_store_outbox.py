@@ -339,6 +339,48 @@ async def test_creates_that_come_together_share_one_statement_each_with_its_own_
     await creates.close()
 
 
+async def test_a_batch_stores_every_column_of_every_create_as_given(
+    pool: asyncpg.Pool[Any], outbox: NotificationOutbox
+) -> None:
+    """The statements read their creates from one JSON text: every field, awkward text,
+    large numbers, times with and without microseconds, and absent values survive it."""
+    awkward = 'a "quoted" \\ back\tslash, é € 😀 \u2028 </script>'
+    single = [
+        dataclasses.replace(
+            pending(
+                uuid.uuid4().hex,
+                sha256=base64.b64encode(bytes(32)).decode(),
+                metadata={"note": awkward, "n": str(n)},
+            ),
+            filename=f"{awkward} {n}.jpg",
+            size=2**62 + n,
+        )
+        for n in range(4)
+    ]
+    single[1] = dataclasses.replace(
+        single[1], created_at=single[1].created_at.replace(microsecond=0)
+    )
+    multipart = [
+        dataclasses.replace(
+            pending(
+                uuid.uuid4().hex,
+                multipart_upload_id=f"mpu-{n}",
+                part_size=8 * 2**20,
+                part_count=1000 + n,
+            ),
+            profile="media",
+        )
+        for n in range(3)
+    ]
+    async with pool.acquire() as conn:
+        await store.insert_admitted_uploads(
+            conn, single, actor="api", outbox=outbox, limits=limits(5)
+        )
+        await store.insert_uploads(conn, multipart, actor="companion", outbox=outbox)
+    for upload in single + multipart:
+        assert await store.get_upload(pool, upload.id) == upload
+
+
 async def test_a_cancelled_caller_leaves_its_batch_to_the_others(
     pool: asyncpg.Pool[Any], outbox: NotificationOutbox
 ) -> None:
