@@ -109,8 +109,14 @@ def check_declared(
     return Declared(name, ctype, size, checksum), []
 
 
+_CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
 def _has_control(name: str) -> bool:
-    return any(unicodedata.category(c) in {"Cc", "Cf", "Zl", "Zp"} for c in name)
+    """A control, format or line/paragraph separator character anywhere in `name`."""
+    if name.isascii():  # then those are exactly what str.isprintable refuses (C code)
+        return not name.isprintable()
+    return any(unicodedata.category(c) in _CONTROL_CATEGORIES for c in name)
 
 
 def profile_named(settings: Settings, name: str | None) -> tuple[str, UploadPolicy]:

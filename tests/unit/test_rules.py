@@ -6,6 +6,7 @@ import base64
 import hashlib
 import itertools
 import os
+import unicodedata
 import uuid
 
 import pytest
@@ -69,6 +70,17 @@ class TestPolicy:
             IMAGE, filename=name, content_type="image/png", size=1, sha256=None
         )
         assert [e.field for e in errors] == ["filename"]
+
+    def test_every_control_character_is_refused(self) -> None:
+        """By Unicode category (Cc, Cf, Zl, Zp), with an ASCII name checked the quick way."""
+        for code in [*range(0x80), 0x85, 0xA0, 0xAD, 0x200B, 0x2028, 0x2029, 0x202E, 0xFEFF]:
+            char = chr(code)
+            control = unicodedata.category(char) in {"Cc", "Cf", "Zl", "Zp"}
+            _, errors = check_declared(
+                IMAGE, filename=f"a{char}b.png", content_type="image/png", size=1, sha256=None
+            )
+            refused = [e.field for e in errors] == ["filename"]
+            assert refused is (control or char in "/\\"), hex(code)
 
     def test_size_bounds_are_inclusive(self) -> None:
         for size, ok in [(1, True), (10_000_000, True), (10_000_001, False), (0, False)]:
