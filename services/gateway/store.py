@@ -364,6 +364,13 @@ def _limit_args(limits: CreateLimits) -> tuple[Any, ...]:
 
 def _create_args(outbox: Outbox, uploads: Sequence[Upload], actor: str) -> list[Any]:
     """$1-$4 of the create statements."""
+    try:
+        return _encode_creates(outbox, uploads, actor)
+    except orjson.JSONEncodeError as exc:  # e.g. a lone surrogate: what asyncpg would say
+        raise asyncpg.DataError(f"invalid input for a create: {exc}") from None
+
+
+def _encode_creates(outbox: Outbox, uploads: Sequence[Upload], actor: str) -> list[Any]:
     drafts = [outbox.draft(upload, actor) for upload in uploads]
     first = drafts[0]
     if any(

@@ -381,6 +381,17 @@ async def test_a_batch_stores_every_column_of_every_create_as_given(
         assert await store.get_upload(pool, upload.id) == upload
 
 
+async def test_a_value_json_cannot_carry_is_a_data_error_as_asyncpg_gives(
+    pool: asyncpg.Pool[Any], outbox: NotificationOutbox
+) -> None:
+    """(The gateway answers a DataError with 400, never 500.)"""
+    bad = dataclasses.replace(pending(uuid.uuid4().hex), filename="lone \ud800 surrogate.jpg")
+    async with pool.acquire() as conn:
+        with pytest.raises(asyncpg.DataError):
+            await store.insert_uploads(conn, [bad], actor="api", outbox=outbox)
+    assert await store.get_upload(pool, bad.id) is None
+
+
 async def test_a_cancelled_caller_leaves_its_batch_to_the_others(
     pool: asyncpg.Pool[Any], outbox: NotificationOutbox
 ) -> None:
