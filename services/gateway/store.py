@@ -331,31 +331,10 @@ class Admission:
 
 def _create_row(upload: Upload, body: str, n: int) -> dict[str, Any]:
     """One create of a statement's JSON input: the upload's columns, its event, its place."""
-    return {
-        "id": upload.id,
-        "owner": upload.owner,
-        "profile": upload.profile,
-        "filename": upload.filename,
-        "content_type": upload.content_type,
-        "size": upload.size,
-        "sha256": upload.sha256,
-        "bucket": upload.bucket,
-        "key": upload.key,
-        "status": upload.status.value,
-        "multipart_upload_id": upload.multipart_upload_id,
-        "part_size": upload.part_size,
-        "part_count": upload.part_count,
-        "detected": upload.detected,
-        "thumbnails": upload.thumbnails,
-        "reason": upload.reason,
-        "correlation_id": upload.correlation_id,
-        "created_at": upload.created_at,
-        "updated_at": upload.updated_at,
-        "expires_at": upload.expires_at,
-        "metadata": upload.metadata,
-        "body": body,
-        "n": n,
-    }
+    row = {column: getattr(upload, column) for column in _UPLOAD_FIELDS}  # status: its value
+    row["body"] = body
+    row["n"] = n
+    return row
 
 
 def _limit_args(limits: CreateLimits) -> tuple[Any, ...]:
@@ -365,24 +344,20 @@ def _limit_args(limits: CreateLimits) -> tuple[Any, ...]:
 def _create_args(outbox: Outbox, uploads: Sequence[Upload], actor: str) -> list[Any]:
     """$1-$4 of the create statements."""
     try:
-        return _encode_creates(outbox, uploads, actor)
+        drafts = [outbox.draft(upload, actor) for upload in uploads]
+        rows = [
+            _create_row(upload, draft.body, n)
+            for n, (upload, draft) in enumerate(zip(uploads, drafts, strict=True), 1)
+        ]
+        # As text, cast in the statement: the pool's json codec would encode a str again.
+        creates = orjson.dumps(rows, option=orjson.OPT_UTC_Z).decode()
     except orjson.JSONEncodeError as exc:  # e.g. a lone surrogate: what asyncpg would say
         raise asyncpg.DataError(f"invalid input for a create: {exc}") from None
-
-
-def _encode_creates(outbox: Outbox, uploads: Sequence[Upload], actor: str) -> list[Any]:
-    drafts = [outbox.draft(upload, actor) for upload in uploads]
     first = drafts[0]
     if any(
         d.routing_key != first.routing_key or d.subscribers != first.subscribers for d in drafts
     ):
         raise ValueError("the creates of one statement announce one event type")
-    rows = [
-        _create_row(upload, draft.body, n)
-        for n, (upload, draft) in enumerate(zip(uploads, drafts, strict=True), 1)
-    ]
-    # As text, cast in the statement: the pool's json codec would encode a str again.
-    creates = orjson.dumps(rows, option=orjson.OPT_UTC_Z).decode()
     return [creates, actor, first.routing_key, first.subscribers]
 
 
