@@ -15,7 +15,10 @@ package: `apt-get install -y wrk`) and node/npm. It brings up everything else it
   not the 429);
 - Uppy Companion 6.2.2 + express 4.21.2, installed with npm into `bench/.node/`
   (ignored by git) and configured against the same storage and bucket;
-- the floor: a minimal aiohttp + asyncpg handler doing the create's single INSERT.
+- the floor: a minimal aiohttp + asyncpg handler doing the create's single INSERT;
+- the storage floor, `storage`: wrk asking weed itself for the multipart create's one
+  storage call (a presigned CreateMultipartUpload), what no gateway can beat on that
+  route.
 
 Load comes from wrk (one thread, 32 keep-alive connections, to 127.0.0.1 only, each
 run bounded in time), the targets rotating every round so that drift on this shared
@@ -44,7 +47,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,7 @@ from devstack.seaweedfs import SeaweedComponent
 from services.gateway.auth import mint_token
 from shared.db import drop_database, dsn_name, recreate_database
 from shared.pipeline import delete_topology
+from shared.presign import Credentials, Presigner
 from shared.settings import MiB, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,6 +76,7 @@ WEED = {"s3": 18433, "master": 19433, "volume": 19440, "filer": 18988, "admin": 
 GATEWAY_PORTS = {1: 18435, 2: 18436}
 COMPANION_PORT = 18437
 FLOOR_PORT = 18438
+FLOORS = ("floor", "storage")  # what a route costs without any gateway: not ours
 SPLIT_PORT = 18440  # 1 worker, its announcers in a process of their own (own database)
 ANNOUNCER_PORT = 18441
 UNREACHABLE = 10**9  # per-owner limits, out of reach for a load test
@@ -230,6 +235,19 @@ def serve_floor() -> int:
     return 0
 
 
+def create_multipart_url(settings: Settings) -> str:
+    """A presigned CreateMultipartUpload on the bench's storage, valid for the run: each
+    POST to it opens one more multipart upload, as the gateway's create route does."""
+    signer = Presigner(
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        credentials=Credentials(settings.s3_access_key, settings.s3_secret_key.get_secret_value()),
+    )
+    return signer.presign_url(
+        "POST", settings.bucket, "bench/film.mp4", expires_in=6 * 3600, query={"uploads": ""}
+    )
+
+
 # -- load -----------------------------------------------------------------------------
 
 
@@ -250,6 +268,7 @@ ROUTES = [
         "POST",
         "/s3/multipart",
         {"filename": "film.mp4", "type": "video/mp4", "metadata": {}},
+        ("clearance-1w", "clearance-2w", "clearance-1w-split", "companion", "storage"),
     ),
     Route("sign part", "GET", "/s3/multipart/{upload_id}/1?key={key}", one_owner=True),
     Route(
@@ -301,6 +320,7 @@ class Target:
     settings: Settings | None = None  # its database, when not the run's
     helpers: list[int] = field(default_factory=list)  # counted in the system's CPU only
     multipart: tuple[str, str] = ("", "")  # (upload id, key) for the sign routes
+    url: str = ""  # the whole URL, method and no body, for every route (`storage`)
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
@@ -377,6 +397,8 @@ def measure(
 ) -> Run:
     upload_id, key = target.multipart
     url = f"http://127.0.0.1:{target.port}" + route.path.format(upload_id=upload_id, key=key)
+    if target.url:
+        url, route = target.url, replace(route, body=None)
     own = [p for pid in target.pids for p in with_children(pid)]
     database = target.settings or settings
     backends = database_backends(database) if target.uses_database else []
@@ -504,6 +526,9 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, list[Run]]]:
                 "clearance-2w": Target("clearance-2w", GATEWAY_PORTS[2], [gw2], True, tokens),
                 "companion": Target("companion", COMPANION_PORT, [node], False),
                 "floor": Target("floor", FLOOR_PORT, [floor], True),
+                "storage": Target(
+                    "storage", WEED["s3"], [weed_pid], False, url=create_multipart_url(settings)
+                ),
                 "clearance-1w-split": Target(
                     "clearance-1w-split",
                     SPLIT_PORT,
@@ -515,7 +540,7 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, list[Run]]]:
                 ),
             }
             for target in targets.values():
-                if target.name == "floor":
+                if target.name in FLOORS:
                     continue
                 started_mpu = request_json(
                     "POST",
@@ -561,7 +586,8 @@ def report(results: dict[str, dict[str, list[Run]]], args: argparse.Namespace) -
     print()
     print(f"median of {args.rounds} rounds; per CPU = requests per CPU second of the target's")
     print("own processes; per sys-CPU = per CPU second of target + its PostgreSQL backends + weed")
-    print("(+ its announcer for clearance-1w-split, whose gateway publishes no events itself)")
+    print("(+ its announcer for clearance-1w-split, whose gateway publishes no events itself);")
+    print("floor and storage: the route's database or storage work alone, without a gateway")
     header = (
         f"  {'route':<27} {'target':<18} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} "
         f"{'p99/p50':>7} {'non-2xx':>7} {'per CPU':>8} {'per sys-CPU':>11}"
@@ -570,6 +596,7 @@ def report(results: dict[str, dict[str, list[Run]]], args: argparse.Namespace) -
     valid = True
     summary: dict[tuple[str, str], tuple[float, float, float]] = {}
     tails: list[tuple[float, str]] = []  # p99 at one worker, by route
+    alone: dict[str, tuple[float, str]] = {}  # a route's p99 without a gateway, and whose
     for route, by_target in results.items():
         for name, runs in by_target.items():
             errors = sum(r.errors for r in runs)
@@ -582,6 +609,8 @@ def report(results: dict[str, dict[str, list[Run]]], args: argparse.Namespace) -
             summary[(route, name)] = (rps, per_cpu, per_sys)
             if name == "clearance-1w":
                 tails.append((p99, route))
+            elif name in FLOORS:
+                alone[route] = (p99, name)
             flag = "" if errors == 0 else "  INVALID"
             print(
                 f"  {route:<27} {name:<18} {rps:7.0f} {p50:7.2f} {p99:7.2f} {p99 / p50:7.1f} "
@@ -618,7 +647,14 @@ def report(results: dict[str, dict[str, list[Run]]], args: argparse.Namespace) -
     for cost, route in floors:
         print(f"  {route}, 1 worker: gateway CPU per request ÷ floor's (goal ≤ 1.5): {cost:.2f}")
     if tails:
-        print(f"  highest p99 at 1 worker (goal ≤ 25 ms): {max(tails)[0]:.0f} ms  {max(tails)[1]}")
+        p99, route = max(tails)
+        print(f"  highest p99 at 1 worker (goal ≤ 25 ms): {p99:.0f} ms  {route}")
+        for p99, route in sorted(tails, reverse=True):
+            if route in alone:
+                floor_p99, name = alone[route]
+                print(
+                    f"    {route}: p99 {p99:.0f} ms; {name} alone, no gateway: {floor_p99:.0f} ms"
+                )
     if not valid:
         print("  INVALID: some runs had non-2xx answers or socket errors")
     return valid
