@@ -25,8 +25,12 @@ run bounded in time), the targets rotating every round so that drift on this sha
 2-core machine hits them all alike. Per route and target: req/s, p50/p99, non-2xx
 answers (a run with any is invalid), the target's CPU seconds (all its processes, from
 /proc) → requests per CPU second, and the whole system's (the target + its PostgreSQL
-backends + weed) → requests per system CPU second. Goals: ≥ 3× Companion per CPU on
-every Companion route; p99 ≤ 3× p50.
+backends + weed) → requests per system CPU second. Goals: ≥ 3× Companion per gateway
+CPU and ≥ 1.5× per system CPU on every Companion route; `/v1/uploads` within 1.5× the
+floor's gateway CPU; p99 ≤ 3× p50, and ≤ 25 ms at one worker. Each goal's figure is
+printed last; for a route whose p99 misses 25 ms, also the least mean latency this
+machine allows it by Little's law (its system CPU per request caps its req/s; wrk's own
+CPU is left out, so the true bound is higher still), and its floor's p99, no gateway.
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ WEED = {"s3": 18433, "master": 19433, "volume": 19440, "filer": 18988, "admin": 
 GATEWAY_PORTS = {1: 18435, 2: 18436}
 COMPANION_PORT = 18437
 FLOOR_PORT = 18438
+P99_GOAL_MS = 25
 FLOORS = ("floor", "storage")  # what a route costs without any gateway: not ours
 SPLIT_PORT = 18440  # 1 worker, its announcers in a process of their own (own database)
 ANNOUNCER_PORT = 18441
@@ -656,8 +661,10 @@ def report(results: dict[str, dict[str, list[Run]]], args: argparse.Namespace) -
         print(f"  {route}, 1 worker: gateway CPU per request ÷ floor's (goal ≤ 1.5): {cost:.2f}")
     if tails:
         p99, route = max(tails)
-        print(f"  highest p99 at 1 worker (goal ≤ 25 ms): {p99:.0f} ms  {route}")
+        print(f"  highest p99 at 1 worker (goal ≤ {P99_GOAL_MS} ms): {p99:.0f} ms  {route}")
         for p99, route in sorted(tails, reverse=True):
+            if p99 > P99_GOAL_MS:
+                print(f"    {route}: {little(summary[(route, 'clearance-1w')][2], args)}")
             if route in alone:
                 floor_p99, name = alone[route]
                 print(
@@ -666,6 +673,25 @@ def report(results: dict[str, dict[str, list[Run]]], args: argparse.Namespace) -
     if not valid:
         print("  INVALID: some runs had non-2xx answers or socket errors")
     return valid
+
+
+def little(per_system_cpu: float, args: argparse.Namespace) -> str:
+    """The lowest mean latency `args.connections` clients can see on this machine, by
+    Little's law (mean latency = clients in the system ÷ throughput): the route's system
+    CPU per request (gateway + PostgreSQL + weed, not wrk's) caps its throughput at the
+    machine's CPUs ÷ that cost, even with every CPU busy with it alone."""
+    cpus = os.cpu_count() or 1
+    most = cpus * per_system_cpu
+    mean_ms = args.connections / most * 1000
+    if mean_ms > P99_GOAL_MS:
+        verdict = f"a {P99_GOAL_MS} ms p99 is out of reach here, however flat the tail"
+    else:
+        verdict = f"a {P99_GOAL_MS} ms p99 needs a p99 within {P99_GOAL_MS / mean_ms:.2f}× it"
+    return (
+        f"{cpus} CPUs at {per_system_cpu:.0f} req per system-CPU s carry at most {most:.0f}"
+        f" req/s: a mean of ≥ {mean_ms:.1f} ms at {args.connections} connections"
+        f" (Little's law); {verdict}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
