@@ -64,7 +64,7 @@ from devstack.seaweedfs import SeaweedComponent
 from services.gateway.auth import mint_token
 from shared.db import drop_database, dsn_name, recreate_database
 from shared.pipeline import delete_topology
-from shared.presign import Credentials, Presigner
+from shared.s3 import storage_signer
 from shared.settings import MiB, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -243,12 +243,7 @@ def serve_floor() -> int:
 def create_multipart_url(settings: Settings) -> str:
     """A presigned CreateMultipartUpload on the bench's storage, valid for the run: each
     POST to it opens one more multipart upload, as the gateway's create route does."""
-    signer = Presigner(
-        endpoint_url=settings.s3_endpoint_url,
-        region=settings.s3_region,
-        credentials=Credentials(settings.s3_access_key, settings.s3_secret_key.get_secret_value()),
-    )
-    return signer.presign_url(
+    return storage_signer(settings).presign_url(
         "POST", settings.bucket, "bench/film.mp4", expires_in=6 * 3600, query={"uploads": ""}
     )
 
@@ -326,6 +321,7 @@ class Target:
     helpers: list[int] = field(default_factory=list)  # counted in the system's CPU only
     multipart: tuple[str, str] = ("", "")  # (upload id, key) for the sign routes
     url: str = ""  # the whole URL, method and no body, for every route (`storage`)
+    last: bool = False  # measured after all rounds, not in turn (it would slow the others)
 
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0, "m": 60_000.0}
@@ -531,8 +527,15 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, list[Run]]]:
                 "clearance-2w": Target("clearance-2w", GATEWAY_PORTS[2], [gw2], True, tokens),
                 "companion": Target("companion", COMPANION_PORT, [node], False),
                 "floor": Target("floor", FLOOR_PORT, [floor], True),
+                # Storage alone opens several times as many multipart uploads a second as
+                # any gateway, and weed is slower for a while after: it goes last.
                 "storage": Target(
-                    "storage", WEED["s3"], [weed_pid], False, url=create_multipart_url(settings)
+                    "storage",
+                    WEED["s3"],
+                    [weed_pid],
+                    False,
+                    url=create_multipart_url(settings),
+                    last=True,
                 ),
                 "clearance-1w-split": Target(
                     "clearance-1w-split",
@@ -562,24 +565,22 @@ def run(args: argparse.Namespace) -> dict[str, dict[str, list[Run]]]:
             )
             for route in routes:  # warm-up: caches, pools, JIT
                 for name in route.targets:
-                    if name != "storage":
+                    if not targets[name].last:
                         warm = argparse.Namespace(**{**vars(args), "seconds": 1})
                         measure(targets[name], route, settings, weed_pid, warm)
             for number in range(args.rounds):
                 for route in routes:
-                    names = [name for name in route.targets if name != "storage"]
+                    names = [name for name in route.targets if not targets[name].last]
                     shift = number % len(names)
                     for name in names[shift:] + names[:shift]:
                         result = measure(targets[name], route, settings, weed_pid, args)
                         results[route.name][name].append(result)
                 print(f"  round {number + 1} done", flush=True)
-            # Storage alone opens several times as many multipart uploads a second as any
-            # gateway, and weed is slower for a while after: it goes last, not in turn.
             for route in routes:
-                if "storage" in route.targets:
+                for name in [name for name in route.targets if targets[name].last]:
                     for _ in range(args.rounds):
-                        result = measure(targets["storage"], route, settings, weed_pid, args)
-                        results[route.name]["storage"].append(result)
+                        result = measure(targets[name], route, settings, weed_pid, args)
+                        results[route.name][name].append(result)
     finally:
         print(weed.down(), flush=True)
         asyncio.run(forget(settings))
